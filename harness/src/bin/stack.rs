@@ -1,0 +1,81 @@
+//! `stack up`: PostgreSQL, Redis and Kafka for people, until Ctrl-C.
+//!
+//! Prints one `export NAME=value` line per endpoint, then `ready`, so a shell can
+//! `eval "$(… | sed '/^ready$/q')"` or a person can copy the lines; then waits for Ctrl-C or SIGTERM
+//! and stops everything.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use harness::{Stack, StackOptions, TopicSpec};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(about = "Runs PostgreSQL, Redis and Kafka for the orders cache until Ctrl-C")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the stack, print its endpoints as `export` lines, then `ready`, and run until Ctrl-C / SIGTERM.
+    Up {
+        /// Kafka nodes (each a combined broker and controller).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=5))]
+        kafka_nodes: u16,
+        /// Topics to create, as NAME:PARTITIONS.
+        #[arg(long = "topic", default_value = "order-events:3", value_parser = parse_topic)]
+        topics: Vec<TopicSpec>,
+    },
+}
+
+fn parse_topic(text: &str) -> Result<TopicSpec, String> {
+    let (name, partitions) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME:PARTITIONS"))?;
+    let partitions: i32 = partitions
+        .parse()
+        .ok()
+        .filter(|p| (1..=1000).contains(p))
+        .ok_or_else(|| format!("partitions in {text:?} must be a number from 1 to 1000"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?} has no topic name"));
+    }
+    Ok(TopicSpec::new(name, partitions))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Command::Up { kafka_nodes, topics } = Cli::parse().command;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let options = StackOptions {
+        backend: None,
+        kafka_nodes: kafka_nodes.into(),
+        topics,
+    };
+    let started = std::time::Instant::now();
+    let stack = tokio::select! {
+        stack = Stack::start(options) => stack.context("the stack did not start")?,
+        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
+    };
+    println!("export DATABASE_URL={}", stack.database_url());
+    println!("export REDIS_URL={}", stack.redis_url());
+    println!("export KAFKA_BROKERS={}", stack.kafka_brokers());
+    println!("ready");
+    if let Some(dir) = stack.directory() {
+        eprintln!(
+            "stack: {} backend ready in {:.1} s; data and logs in {}",
+            stack.backend().name(),
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("stack: stopping");
+    drop(stack);
+    Ok(())
+}

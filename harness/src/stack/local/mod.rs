@@ -1,0 +1,188 @@
+//! The `local` backend: PostgreSQL, Redis and Kafka as child processes of this one, in a private
+//! temporary directory, on free loopback ports. Nothing is shared with other runs or with the machine's
+//! own services, so tests can kill, pause and wipe them at will.
+
+mod kafka;
+mod postgres;
+mod redis;
+mod workdir;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use self::workdir::{WorkDir, free_port};
+use super::error::{Result, StackError};
+use super::process::{Launch, ManagedProcess};
+use super::readiness::{self, READY_TIMEOUT};
+use super::{Endpoints, Service};
+
+type Shared = Arc<Mutex<ManagedProcess>>;
+
+pub struct LocalStack {
+    // Fields drop in order: the processes stop before their directory is deleted.
+    postgres: Shared,
+    redis: Shared,
+    kafka: Vec<Shared>,
+    workdir: WorkDir,
+}
+
+impl LocalStack {
+    pub async fn start(kafka_nodes: usize) -> Result<(Self, Endpoints)> {
+        let workdir = WorkDir::create()?;
+        let pg_port = free_port()?;
+        let redis_port = free_port()?;
+        let kafka_ports = (0..kafka_nodes.max(1))
+            .map(|_| {
+                Ok(kafka::NodePorts {
+                    broker: free_port()?,
+                    controller: free_port()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        // initdb and Kafka's storage format each take a second or so of process start-up: overlap them.
+        let dir = workdir.path().to_path_buf();
+        let pg_prepare = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || postgres::prepare(&dir, pg_port)
+        });
+        let kafka_prepare = tokio::task::spawn_blocking({
+            let (dir, ports) = (dir.clone(), kafka_ports.clone());
+            move || kafka::prepare(&dir, &ports)
+        });
+        let redis_launch = redis::prepare(&dir, redis_port)?;
+        let pg_launch = join_blocking(pg_prepare).await??;
+        let kafka_launches = join_blocking(kafka_prepare).await??;
+
+        let endpoints = Endpoints {
+            database_url: pg_launch.url,
+            redis_url: redis_launch.url,
+            kafka_brokers: kafka_ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{}", p.broker))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let stack = Self {
+            postgres: spawn(pg_launch.launch)?,
+            redis: spawn(redis_launch.launch)?,
+            kafka: kafka_launches.into_iter().map(spawn).collect::<Result<_>>()?,
+            workdir,
+        };
+        let (pg, redis, kafka) = tokio::join!(
+            stack.wait_ready(Service::Postgres, &endpoints),
+            stack.wait_ready(Service::Redis, &endpoints),
+            stack.wait_ready(Service::Kafka(0), &endpoints),
+        );
+        pg?;
+        redis?;
+        kafka?;
+        Ok((stack, endpoints))
+    }
+
+    fn process(&self, service: Service) -> Result<&Shared> {
+        match service {
+            Service::Postgres => Ok(&self.postgres),
+            Service::Redis => Ok(&self.redis),
+            Service::Kafka(node) => self.kafka.get(node).ok_or_else(|| {
+                StackError::Setup(format!("no Kafka node {node}: the stack has {}", self.kafka.len()))
+            }),
+        }
+    }
+
+    /// Waits until `service` answers a real request; if its process exits meanwhile, says so at once.
+    pub async fn wait_ready(&self, service: Service, endpoints: &Endpoints) -> Result<()> {
+        let process = self.process(service)?.clone();
+        let check = || {
+            let process = process.clone();
+            async move {
+                let exited = !process.lock().map_err(|e| e.to_string())?.is_running();
+                if exited {
+                    return Err("the process exited".to_string());
+                }
+                match service {
+                    Service::Postgres => readiness::postgres_answers(&endpoints.database_url).await,
+                    Service::Redis => readiness::redis_answers(&endpoints.redis_url).await,
+                    Service::Kafka(_) => {
+                        readiness::kafka_metadata_ready(&endpoints.kafka_brokers, self.kafka.len(), &[]).await
+                    }
+                }
+            }
+        };
+        readiness::retry_until(READY_TIMEOUT, check).await.map_err(|reason| {
+            let process = process.lock();
+            let (log, log_tail) = match &process {
+                Ok(p) => (p.log_path().to_path_buf(), p.log_tail(30)),
+                Err(_) => (self.workdir.path().to_path_buf(), String::new()),
+            };
+            StackError::NotReady {
+                service: service.to_string(),
+                seconds: READY_TIMEOUT.as_secs(),
+                reason,
+                log,
+                log_tail,
+            }
+        })
+    }
+
+    pub async fn stop(&self, service: Service) -> Result<()> {
+        let process = self.process(service)?.clone();
+        join_blocking(tokio::task::spawn_blocking(move || {
+            if let Ok(mut p) = process.lock() {
+                p.stop(Duration::from_secs(30));
+            }
+        }))
+        .await
+    }
+
+    pub fn kill(&self, service: Service) -> Result<()> {
+        self.with_process(service, ManagedProcess::kill)
+    }
+
+    pub fn pause(&self, service: Service) -> Result<()> {
+        self.with_process(service, |p| {
+            p.pause();
+        })
+    }
+
+    pub fn resume(&self, service: Service) -> Result<()> {
+        self.with_process(service, |p| {
+            p.resume();
+        })
+    }
+
+    /// Starts the process again, same ports, same data (Redis: empty, as it keeps nothing on disk).
+    pub fn start_process(&self, service: Service) -> Result<()> {
+        let process = self.process(service)?;
+        let mut process = process.lock().map_err(|_| StackError::Setup("process lock poisoned".into()))?;
+        Ok(process.start()?)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(&self.postgres)
+            .chain(std::iter::once(&self.redis))
+            .chain(self.kafka.iter())
+            .filter_map(|p| p.lock().ok().and_then(|p| p.pid()))
+            .collect()
+    }
+
+    pub fn directory(&self) -> &std::path::Path {
+        self.workdir.path()
+    }
+
+    fn with_process(&self, service: Service, action: impl FnOnce(&mut ManagedProcess)) -> Result<()> {
+        let process = self.process(service)?;
+        let mut process = process.lock().map_err(|_| StackError::Setup("process lock poisoned".into()))?;
+        action(&mut process);
+        Ok(())
+    }
+}
+
+fn spawn(launch: Launch) -> Result<Shared> {
+    Ok(Arc::new(Mutex::new(ManagedProcess::spawn(launch)?)))
+}
+
+async fn join_blocking<T>(task: tokio::task::JoinHandle<T>) -> Result<T> {
+    task.await
+        .map_err(|e| StackError::Setup(format!("a set-up task failed: {e}")))
+}

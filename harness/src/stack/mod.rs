@@ -1,0 +1,325 @@
+//! `Stack`: PostgreSQL, Redis and Kafka for tests and tools, behind one API whatever runs them.
+//!
+//! Three backends hand out the same endpoints:
+//!
+//! * `local`: private child processes (see [`local`]); the default when no Docker engine answers.
+//! * `docker`: containers through testcontainers-modules, where a Docker engine answers.
+//! * `external`: servers someone else runs, named by `DATABASE_URL`, `REDIS_URL` and `KAFKA_BROKERS`.
+//!
+//! `STACK=local|docker|external` overrides the choice. A stack counts as started only when every service
+//! answers a real request, and the requested topics exist with all their partitions led. Dropping the
+//! `Stack` stops everything it started.
+//!
+//! The fault controls (stop, start, kill -9, pause) are what the consistency harness drives; the local
+//! backend supports them all, the docker backend only pause and resume (a restarted container gets new
+//! host ports), the external backend none.
+
+mod docker;
+pub mod error;
+mod local;
+mod process;
+mod readiness;
+mod tools;
+
+use std::fmt;
+use std::sync::Mutex;
+
+pub use error::{Result, StackError};
+pub use readiness::{create_database, ensure_topic};
+pub use tools::{kafka_libs, kafka_libs_dir, kafka_version};
+
+/// Which implementation runs the services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Docker,
+    External,
+}
+
+impl Backend {
+    /// `STACK` if set, else `docker` when a Docker engine answers, else `local`.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("STACK").ok().as_deref().map(str::trim) {
+            None | Some("") => Ok(if docker::engine_answers() { Self::Docker } else { Self::Local }),
+            Some(name) => name.parse(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Docker => "docker",
+            Self::External => "external",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = StackError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Self::Local),
+            "docker" => Ok(Self::Docker),
+            "external" => Ok(Self::External),
+            other => Err(StackError::UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+/// One service of the stack, as the fault controls name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Postgres,
+    Redis,
+    /// A Kafka node, counted from 0.
+    Kafka(usize),
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postgres => write!(f, "postgres"),
+            Self::Redis => write!(f, "redis"),
+            Self::Kafka(node) => write!(f, "kafka node {node}"),
+        }
+    }
+}
+
+/// Where clients connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// `postgres://…` of a database the tests may use freely.
+    pub database_url: String,
+    /// `redis://…`.
+    pub redis_url: String,
+    /// `host:port[,host:port…]`, for `bootstrap.servers`.
+    pub kafka_brokers: String,
+}
+
+/// A topic the stack creates before it counts as started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// `None`: [`Backend::from_env`].
+    pub backend: Option<Backend>,
+    /// Kafka nodes (combined broker + controller); 3 for failover tests.
+    pub kafka_nodes: usize,
+    pub topics: Vec<TopicSpec>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            kafka_nodes: 1,
+            topics: vec![TopicSpec::new("order-events", 3)],
+        }
+    }
+}
+
+enum Running {
+    Local(local::LocalStack),
+    Docker(Box<docker::DockerStack>),
+    External,
+}
+
+pub struct Stack {
+    backend: Backend,
+    endpoints: Endpoints,
+    kafka_nodes: usize,
+    topics: Mutex<Vec<TopicSpec>>,
+    running: Running,
+}
+
+impl Stack {
+    /// The default stack: one Kafka node and topic `order-events` with 3 partitions.
+    pub async fn start_default() -> Result<Self> {
+        Self::start(StackOptions::default()).await
+    }
+
+    pub async fn start(options: StackOptions) -> Result<Self> {
+        let backend = match options.backend {
+            Some(backend) => backend,
+            None => Backend::from_env()?,
+        };
+        let kafka_nodes = options.kafka_nodes.max(1);
+        let (running, endpoints) = match backend {
+            Backend::Local => {
+                let (stack, endpoints) = local::LocalStack::start(kafka_nodes).await?;
+                (Running::Local(stack), endpoints)
+            }
+            Backend::Docker => {
+                let (stack, endpoints) = docker::DockerStack::start(kafka_nodes).await?;
+                (Running::Docker(Box::new(stack)), endpoints)
+            }
+            Backend::External => (Running::External, external_endpoints()?),
+        };
+        let stack = Self {
+            backend,
+            endpoints,
+            kafka_nodes,
+            topics: Mutex::new(Vec::new()),
+            running,
+        };
+        if backend == Backend::External {
+            readiness::postgres_answers(&stack.endpoints.database_url)
+                .await
+                .map_err(|e| StackError::Setup(format!("DATABASE_URL does not answer: {e}")))?;
+            readiness::redis_answers(&stack.endpoints.redis_url)
+                .await
+                .map_err(|e| StackError::Setup(format!("REDIS_URL does not answer: {e}")))?;
+        }
+        for topic in &options.topics {
+            stack.create_topic(&topic.name, topic.partitions).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.endpoints.database_url
+    }
+
+    pub fn redis_url(&self) -> &str {
+        &self.endpoints.redis_url
+    }
+
+    pub fn kafka_brokers(&self) -> &str {
+        &self.endpoints.kafka_brokers
+    }
+
+    pub fn kafka_nodes(&self) -> usize {
+        self.kafka_nodes
+    }
+
+    /// Creates `name` with `partitions` partitions (or finds it) and waits until every partition is led.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        ensure_topic(self.kafka_brokers(), self.kafka_nodes, name, partitions).await?;
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.push(TopicSpec::new(name, partitions));
+        }
+        Ok(())
+    }
+
+    /// A new, empty database on the stack's PostgreSQL; returns its URL. Tests use one each.
+    pub async fn create_database(&self, name: &str) -> Result<String> {
+        create_database(self.database_url(), name).await
+    }
+
+    /// Graceful stop (SIGTERM, then SIGKILL after 30 s). Kafka and PostgreSQL keep their data.
+    pub async fn stop(&self, service: Service) -> Result<()> {
+        match &self.running {
+            Running::Local(local) => local.stop(service).await,
+            _ => Err(self.unsupported(format!("stopping {service}"))),
+        }
+    }
+
+    /// `kill -9`.
+    pub async fn kill(&self, service: Service) -> Result<()> {
+        match &self.running {
+            Running::Local(local) => local.kill(service),
+            _ => Err(self.unsupported(format!("killing {service}"))),
+        }
+    }
+
+    /// Starts a stopped or killed service on its old port and waits until it answers again (for Kafka:
+    /// until every node is registered and every topic the stack created is fully led).
+    pub async fn start_service(&self, service: Service) -> Result<()> {
+        match &self.running {
+            Running::Local(local) => {
+                local.start_process(service)?;
+                local.wait_ready(service, &self.endpoints).await?;
+            }
+            _ => return Err(self.unsupported(format!("starting {service}"))),
+        }
+        if let Service::Kafka(_) = service {
+            self.wait_topics_led().await?;
+        }
+        Ok(())
+    }
+
+    /// Stop and start: for Redis, a restart with its data wiped.
+    pub async fn restart(&self, service: Service) -> Result<()> {
+        self.stop(service).await?;
+        self.start_service(service).await
+    }
+
+    /// SIGSTOP: the service keeps its connections open but answers nothing until [`resume`](Self::resume).
+    pub async fn pause(&self, service: Service) -> Result<()> {
+        match &self.running {
+            Running::Local(local) => local.pause(service),
+            Running::Docker(docker) => docker.pause(service).await,
+            Running::External => Err(self.unsupported(format!("pausing {service}"))),
+        }
+    }
+
+    pub async fn resume(&self, service: Service) -> Result<()> {
+        match &self.running {
+            Running::Local(local) => local.resume(service),
+            Running::Docker(docker) => docker.resume(service).await,
+            Running::External => Err(self.unsupported(format!("resuming {service}"))),
+        }
+    }
+
+    /// Process ids of the local servers (empty for the other backends).
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.running {
+            Running::Local(local) => local.pids(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The local backend's directory (data and logs of every server).
+    pub fn directory(&self) -> Option<&std::path::Path> {
+        match &self.running {
+            Running::Local(local) => Some(local.directory()),
+            _ => None,
+        }
+    }
+
+    async fn wait_topics_led(&self) -> Result<()> {
+        let topics = self.topics.lock().map(|t| t.clone()).unwrap_or_default();
+        let wanted: Vec<(&str, i32)> = topics.iter().map(|t| (t.name.as_str(), t.partitions)).collect();
+        readiness::kafka_metadata_ready(self.kafka_brokers(), self.kafka_nodes, &wanted)
+            .await
+            .map_err(|reason| StackError::Setup(format!("Kafka topics not led after restart: {reason}")))
+    }
+
+    fn unsupported(&self, operation: String) -> StackError {
+        StackError::Unsupported {
+            operation,
+            backend: self.backend.name(),
+        }
+    }
+}
+
+fn external_endpoints() -> Result<Endpoints> {
+    let var = |name: &'static str| std::env::var(name).map_err(|_| StackError::MissingEndpoint(name));
+    Ok(Endpoints {
+        database_url: var("DATABASE_URL")?,
+        redis_url: var("REDIS_URL")?,
+        kafka_brokers: var("KAFKA_BROKERS")?,
+    })
+}
