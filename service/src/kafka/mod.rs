@@ -1,0 +1,1 @@
+//! Kafka plumbing of the service. See `channel_consumer` (being written).
