@@ -79,17 +79,30 @@ impl DockerStack {
         };
         ready(
             "postgres",
-            readiness::retry_until(READY_TIMEOUT, || readiness::postgres_answers(&endpoints.database_url)).await,
+            readiness::retry_until(READY_TIMEOUT, || {
+                readiness::postgres_answers(&endpoints.database_url)
+            })
+            .await,
         )?;
         ready(
             "redis",
-            readiness::retry_until(Duration::from_secs(30), || readiness::redis_answers(&endpoints.redis_url)).await,
+            readiness::retry_until(Duration::from_secs(30), || {
+                readiness::redis_answers(&endpoints.redis_url)
+            })
+            .await,
         )?;
         ready(
             "kafka",
             readiness::kafka_metadata_ready(&endpoints.kafka_brokers, 1, &[]).await,
         )?;
-        Ok((Self { postgres, redis, kafka }, endpoints))
+        Ok((
+            Self {
+                postgres,
+                redis,
+                kafka,
+            },
+            endpoints,
+        ))
     }
 
     pub async fn pause(&self, service: Service) -> Result<()> {

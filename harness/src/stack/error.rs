@@ -7,7 +7,9 @@ pub enum StackError {
     #[error("{what} is not installed: {hint}")]
     Missing { what: String, hint: String },
 
-    #[error("{service} did not become ready within {seconds} s: {reason}\n--- last lines of {log} ---\n{log_tail}")]
+    #[error(
+        "{service} did not become ready within {seconds} s: {reason}\n--- last lines of {log} ---\n{log_tail}"
+    )]
     NotReady {
         service: String,
         seconds: u64,

@@ -40,7 +40,11 @@ impl Backend {
     /// `STACK` if set, else `docker` when a Docker engine answers, else `local`.
     pub fn from_env() -> Result<Self> {
         match std::env::var("STACK").ok().as_deref().map(str::trim) {
-            None | Some("") => Ok(if docker::engine_answers() { Self::Docker } else { Self::Local }),
+            None | Some("") => Ok(if docker::engine_answers() {
+                Self::Docker
+            } else {
+                Self::Local
+            }),
             Some(name) => name.parse(),
         }
     }

@@ -37,13 +37,19 @@ where
 }
 
 pub async fn postgres_answers(url: &str) -> std::result::Result<(), String> {
-    let mut connection = sqlx::PgConnection::connect(url).await.map_err(|e| e.to_string())?;
+    let mut connection = sqlx::PgConnection::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
     let one: i32 = sqlx::query_scalar("SELECT 1")
         .fetch_one(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
     let _ = connection.close().await;
-    if one == 1 { Ok(()) } else { Err(format!("SELECT 1 returned {one}")) }
+    if one == 1 {
+        Ok(())
+    } else {
+        Err(format!("SELECT 1 returned {one}"))
+    }
 }
 
 pub async fn redis_answers(url: &str) -> std::result::Result<(), String> {
@@ -56,7 +62,11 @@ pub async fn redis_answers(url: &str) -> std::result::Result<(), String> {
         .query_async(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
-    if pong == "PONG" { Ok(()) } else { Err(format!("PING answered {pong:?}")) }
+    if pong == "PONG" {
+        Ok(())
+    } else {
+        Err(format!("PING answered {pong:?}"))
+    }
 }
 
 pub fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>> {
@@ -67,13 +77,21 @@ pub fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>> 
 }
 
 /// Creates `topic` with `partitions` (no error if it exists) and waits until every partition has a leader.
-pub async fn ensure_topic(brokers: &str, expected_brokers: usize, topic: &str, partitions: i32) -> Result<()> {
+pub async fn ensure_topic(
+    brokers: &str,
+    expected_brokers: usize,
+    topic: &str,
+    partitions: i32,
+) -> Result<()> {
     let admin = admin_client(brokers)?;
     let replication = expected_brokers.clamp(1, 3) as i32;
     let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let created = retry_until(READY_TIMEOUT, || async {
-        let results = admin.create_topics([&new_topic], &options).await.map_err(|e| e.to_string())?;
+        let results = admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(|e| e.to_string())?;
         match results.into_iter().next() {
             Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(()),
             Some(Err((_, code))) => Err(format!("creating topic {topic}: {code}")),
@@ -119,7 +137,9 @@ pub async fn kafka_metadata_ready(
                     };
                     let led = found.partitions().iter().filter(|p| p.leader() >= 0).count();
                     if led < *partitions as usize {
-                        return Err(format!("topic {topic}: {led} of {partitions} partitions have a leader"));
+                        return Err(format!(
+                            "topic {topic}: {led} of {partitions} partitions have a leader"
+                        ));
                     }
                 }
                 Ok(())
@@ -134,11 +154,15 @@ pub async fn kafka_metadata_ready(
 /// A fresh database on the server at `admin_url`; returns the URL that points at it.
 pub async fn create_database(admin_url: &str, name: &str) -> Result<String> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
-        return Err(StackError::Setup(format!("database name {name:?} must be [A-Za-z0-9_]+")));
+        return Err(StackError::Setup(format!(
+            "database name {name:?} must be [A-Za-z0-9_]+"
+        )));
     }
     let mut connection = sqlx::PgConnection::connect(admin_url).await?;
     // The name was checked to be [A-Za-z0-9_]+ above, so it cannot break out of the quotes.
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).execute(&mut connection).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut connection)
+        .await?;
     let _ = connection.close().await;
     let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
     Ok(format!("{base}/{name}"))

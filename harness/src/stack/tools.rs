@@ -86,7 +86,9 @@ pub fn kafka_libs_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    Ok(cache.join("orders-cache").join(format!("kafka-{}", kafka_version()?)))
+    Ok(cache
+        .join("orders-cache")
+        .join(format!("kafka-{}", kafka_version()?)))
 }
 
 /// The Kafka jars, downloaded with Maven into the cache on first use.
@@ -105,7 +107,12 @@ pub fn kafka_libs() -> Result<PathBuf> {
     let staging = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     let output = Command::new(mvn)
-        .args(["-q", "-B", "dependency:copy-dependencies", "-DincludeScope=runtime"])
+        .args([
+            "-q",
+            "-B",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+        ])
         .arg(format!("-DoutputDirectory={}", staging.display()))
         .arg("-f")
         .arg(kafka_pom())
@@ -121,7 +128,10 @@ pub fn kafka_libs() -> Result<PathBuf> {
     std::fs::write(staging.join(".complete"), "")?;
     // Another process may have finished the same download first; either copy is complete.
     if std::fs::rename(&staging, &dir).is_err() && !complete.is_file() {
-        return Err(StackError::Setup(format!("cannot move the Kafka jars into {}", dir.display())));
+        return Err(StackError::Setup(format!(
+            "cannot move the Kafka jars into {}",
+            dir.display()
+        )));
     }
     let _ = std::fs::remove_dir_all(&staging);
     Ok(dir)

@@ -99,7 +99,13 @@ pub fn prepare(dir: &Path, nodes: &[NodePorts]) -> Result<Vec<Launch>> {
 
 fn format_storage(java: &Path, classpath: &str, cluster_id: &str, properties: &PathBuf) -> Result<()> {
     let output = Command::new(java)
-        .args(["-cp", classpath, "kafka.tools.StorageTool", "format", "--ignore-formatted"])
+        .args([
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+        ])
         .args(["-t", cluster_id, "-c"])
         .arg(properties)
         .output()?;
@@ -161,7 +167,10 @@ mod tests {
     fn cluster_ids_are_22_url_safe_characters() {
         let id = cluster_id();
         assert_eq!(id.len(), 22);
-        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_ne!(id, cluster_id());
     }
 }

@@ -85,7 +85,10 @@ impl LocalStack {
             Service::Postgres => Ok(&self.postgres),
             Service::Redis => Ok(&self.redis),
             Service::Kafka(node) => self.kafka.get(node).ok_or_else(|| {
-                StackError::Setup(format!("no Kafka node {node}: the stack has {}", self.kafka.len()))
+                StackError::Setup(format!(
+                    "no Kafka node {node}: the stack has {}",
+                    self.kafka.len()
+                ))
             }),
         }
     }
@@ -109,20 +112,22 @@ impl LocalStack {
                 }
             }
         };
-        readiness::retry_until(READY_TIMEOUT, check).await.map_err(|reason| {
-            let process = process.lock();
-            let (log, log_tail) = match &process {
-                Ok(p) => (p.log_path().to_path_buf(), p.log_tail(30)),
-                Err(_) => (self.workdir.path().to_path_buf(), String::new()),
-            };
-            StackError::NotReady {
-                service: service.to_string(),
-                seconds: READY_TIMEOUT.as_secs(),
-                reason,
-                log,
-                log_tail,
-            }
-        })
+        readiness::retry_until(READY_TIMEOUT, check)
+            .await
+            .map_err(|reason| {
+                let process = process.lock();
+                let (log, log_tail) = match &process {
+                    Ok(p) => (p.log_path().to_path_buf(), p.log_tail(30)),
+                    Err(_) => (self.workdir.path().to_path_buf(), String::new()),
+                };
+                StackError::NotReady {
+                    service: service.to_string(),
+                    seconds: READY_TIMEOUT.as_secs(),
+                    reason,
+                    log,
+                    log_tail,
+                }
+            })
     }
 
     pub async fn stop(&self, service: Service) -> Result<()> {
@@ -154,7 +159,9 @@ impl LocalStack {
     /// Starts the process again, same ports, same data (Redis: empty, as it keeps nothing on disk).
     pub fn start_process(&self, service: Service) -> Result<()> {
         let process = self.process(service)?;
-        let mut process = process.lock().map_err(|_| StackError::Setup("process lock poisoned".into()))?;
+        let mut process = process
+            .lock()
+            .map_err(|_| StackError::Setup("process lock poisoned".into()))?;
         Ok(process.start()?)
     }
 
@@ -172,7 +179,9 @@ impl LocalStack {
 
     fn with_process(&self, service: Service, action: impl FnOnce(&mut ManagedProcess)) -> Result<()> {
         let process = self.process(service)?;
-        let mut process = process.lock().map_err(|_| StackError::Setup("process lock poisoned".into()))?;
+        let mut process = process
+            .lock()
+            .map_err(|_| StackError::Setup("process lock poisoned".into()))?;
         action(&mut process);
         Ok(())
     }

@@ -27,10 +27,15 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PostgresLaunch> {
         std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
     }
     let mut initdb = Command::new(bin.join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--locale=C"]);
+    initdb.arg("-D").arg(&data).args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--locale=C",
+    ]);
     if let Some((uid, gid)) = run_as {
         std::os::unix::process::CommandExt::uid(&mut initdb, uid);
         std::os::unix::process::CommandExt::gid(&mut initdb, gid);

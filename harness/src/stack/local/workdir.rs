@@ -36,7 +36,9 @@ impl WorkDir {
 
 /// Deletes the directories of earlier stacks whose owner process no longer exists.
 fn remove_leftovers() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().starts_with(PREFIX) {
