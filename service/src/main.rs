@@ -1,1 +1,37 @@
-fn main() {}
+//! `orders-service`: the orders gRPC API, the outbox relay and the cache updater, together by default or
+//! one part per process (`run --components relay`), plus `migrate`.
+
+use anyhow::Context;
+use clap::Parser;
+use service::config::{Cli, Command, Component};
+use service::startup::Application;
+use service::storage::Storage;
+use service::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_tracing();
+    let settings = cli.settings;
+    let components = match cli.command {
+        Some(Command::Migrate) => {
+            let storage = Storage::connect_lazy(&settings.database_url, 1)?;
+            storage.migrate().await.context("applying the migrations")?;
+            tracing::info!("migrations applied");
+            return Ok(());
+        }
+        Some(Command::Run { components }) => components,
+        None => vec![Component::Api, Component::Relay, Component::Updater],
+    };
+    if let Some(address) = settings.metrics_addr {
+        telemetry::metrics::install(address).context("starting the metrics endpoint")?;
+        tracing::info!(%address, "metrics at /metrics");
+    }
+    let shutdown = shutdown::on_signals();
+    let application = Application::build(settings, components)
+        .await
+        .context("starting the service")?;
+    application.run(shutdown).await.context("the service failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! The outbox relay: publishes outbox rows to Kafka and deletes them once the broker acknowledged them.
+//!
+//! A small loop in the style of an outbox worker: take the relay lock and the oldest rows in one
+//! transaction, produce them all (librdkafka batches them), wait for every acknowledgement, delete, commit.
+//! If anything fails (Kafka down, a timeout, the database gone) the transaction rolls back, the rows stay,
+//! and the next round publishes them again: delivery is at least once, and the cache's version
+//! compare-and-set makes the repeats harmless.
+//!
+//! Order: one relay at a time (the advisory lock), rows in `id` order, and an idempotent producer keep
+//! each order's events in commit order within its partition, retries included.
+//!
+//! Waking: PostgreSQL's LISTEN/NOTIFY wakes the relay when a change commits; a poll interval covers a
+//! lost listener connection and the rounds skipped while another instance held the lock.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::events::EVENT_ID_HEADER;
+use crate::storage::{Storage, StorageError, outbox};
+use crate::telemetry::metrics;
+
+const NOTIFY_CHANNEL: &str = "order_outbox";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("kafka did not acknowledge event {event_id}: {error}")]
+    Publish {
+        event_id: uuid::Uuid,
+        error: rdkafka::error::KafkaError,
+    },
+}
+
+pub struct OutboxRelay {
+    storage: Storage,
+    producer: FutureProducer,
+    topic: String,
+    batch_size: i64,
+    poll_interval: Duration,
+}
+
+/// What one round did.
+enum Round {
+    Published(usize),
+    /// Another relay holds the lock.
+    NotLeader,
+}
+
+impl OutboxRelay {
+    pub fn new(storage: Storage, producer: FutureProducer, topic: String) -> Self {
+        Self {
+            storage,
+            producer,
+            topic,
+            batch_size: 500,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// Publishes until `shutdown`; then flushes the producer. A round in flight when shutdown comes is
+    /// finished (it is short: bounded by the producer's message timeout).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut listener = None;
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.publish_round().await {
+                Ok(Round::Published(count)) if count as i64 == self.batch_size => {
+                    backoff.reset();
+                    continue; // a backlog: go on at once
+                }
+                Ok(Round::Published(_)) | Ok(Round::NotLeader) => backoff.reset(),
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay round failed; the events stay in the outbox");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff.next()) => continue,
+                    }
+                }
+            }
+            // Wait for a commit's NOTIFY, or the poll interval.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                woke = wait_for_notification(&mut listener, self.poll_interval) => {
+                    if let Err(error) = woke {
+                        tracing::debug!(%error, "outbox listener lost; polling until it reconnects");
+                        listener = None;
+                    }
+                }
+            }
+        }
+        if let Err(error) = self.producer.flush(Duration::from_secs(10)) {
+            tracing::warn!(%error, "producer flush at shutdown failed");
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(self.storage.pool()).await.ok()?;
+        listener.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    async fn publish_round(&self) -> Result<Round, RelayError> {
+        let Some(mut transaction) = outbox::begin_round(self.storage.pool()).await? else {
+            return Ok(Round::NotLeader);
+        };
+        let events = outbox::oldest(&mut transaction, self.batch_size).await?;
+        if events.is_empty() {
+            return Ok(Round::Published(0));
+        }
+        let started = Instant::now();
+        // Enqueue everything first, then wait: librdkafka packs the batch into few produce requests.
+        let keys: Vec<[u8; 8]> = events.iter().map(|event| event.order_id.to_key()).collect();
+        let event_ids: Vec<String> = events.iter().map(|event| event.event_id.to_string()).collect();
+        let mut deliveries = Vec::with_capacity(events.len());
+        for ((event, key), event_id) in events.iter().zip(&keys).zip(&event_ids) {
+            let record = FutureRecord::to(&self.topic)
+                .key(&key[..])
+                .payload(&event.payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: EVENT_ID_HEADER,
+                    value: Some(event_id),
+                }));
+            // `send` waits (up to the timeout) for room in librdkafka's queue rather than failing.
+            deliveries.push(self.producer.send(record, Duration::from_secs(30)));
+        }
+        for (event, delivery) in events.iter().zip(deliveries) {
+            delivery.await.map_err(|(error, _)| RelayError::Publish {
+                event_id: event.event_id,
+                error,
+            })?;
+        }
+        let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
+        outbox::delete(&mut transaction, &ids).await?;
+        transaction.commit().await.map_err(StorageError::from)?;
+        metrics::outbox_published(events.len(), started.elapsed());
+        Ok(Round::Published(events.len()))
+    }
+}
+
+async fn wait_for_notification(listener: &mut Option<PgListener>, poll: Duration) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(listener) => match tokio::time::timeout(poll, listener.recv()).await {
+            Ok(Ok(_)) | Err(_) => Ok(()),
+            Ok(Err(error)) => Err(error),
+        },
+        None => {
+            tokio::time::sleep(poll).await;
+            Ok(())
+        }
+    }
+}

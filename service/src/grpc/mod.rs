@@ -1,0 +1,67 @@
+//! The gRPC server: `orders.v1.OrderService`, server reflection (v1 and v1alpha, so every grpcurl
+//! version works), and `grpc.health.v1`.
+//!
+//! Shutdown is graceful: when the token is cancelled the server stops accepting connections and waits
+//! for the calls in flight to finish.
+
+mod auth;
+pub mod health;
+mod orders;
+mod status;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+
+pub use auth::AuthToken;
+pub use orders::{MAX_IDS_PER_GET_ORDERS, OrdersApi};
+
+use crate::proto::{FILE_DESCRIPTOR_SET, orders::v1::order_service_server::OrderServiceServer};
+
+/// Largest request accepted, in bytes (a GetOrders of 1000 ids is about 10 KB; an order of 1000 items
+/// about 40 KB).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the health service; the returned reporter is what [`health::HealthMonitor`] updates.
+pub fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    tonic_health::server::health_reporter()
+}
+
+/// Serves until `shutdown`, then drains the calls in flight.
+pub async fn serve(
+    listener: TcpListener,
+    api: OrdersApi,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let orders = OrderServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(orders)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! `orders.v1.OrderService`: parses each request into domain values, then calls storage or the reader.
+
+use tonic::{Request, Response, Status};
+
+use super::auth::AuthToken;
+use super::status;
+use crate::domain::{NewOrder, OrderId, OrderStatus};
+use crate::proto::orders::v1::{self as pb, order_service_server::OrderService};
+use crate::reads::OrderReader;
+use crate::storage::Storage;
+
+/// Most ids one `GetOrders` may ask for.
+pub const MAX_IDS_PER_GET_ORDERS: usize = 1000;
+
+#[derive(Clone)]
+pub struct OrdersApi {
+    storage: Storage,
+    reader: OrderReader,
+    auth: Option<AuthToken>,
+}
+
+impl OrdersApi {
+    pub fn new(storage: Storage, reader: OrderReader, auth: Option<AuthToken>) -> Self {
+        Self {
+            storage,
+            reader,
+            auth,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.auth {
+            Some(token) => token.check(request),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrdersApi {
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let items = request.items.into_iter().map(Into::into).collect();
+        let new_order = NewOrder::parse(request.client_id, items, &request.idempotency_key)
+            .map_err(status::invalid_new_order)?;
+        let order = self
+            .storage
+            .create_order(&new_order)
+            .await
+            .map_err(status::storage)?;
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some((&order).into()),
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let request = request.into_inner();
+        let id = OrderId::parse(request.order_id).map_err(|e| status::invalid_order_id("order_id", e))?;
+        if request.min_version < 0 {
+            return Err(Status::invalid_argument(format!(
+                "min_version must not be negative, got {}",
+                request.min_version
+            )));
+        }
+        let read = self
+            .reader
+            .get(id, request.min_version)
+            .await
+            .map_err(status::storage)?
+            .ok_or_else(|| Status::not_found(format!("order {id} does not exist")))?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(read.order),
+            source: read.source.into(),
+        }))
+    }
+
+    async fn get_orders(
+        &self,
+        request: Request<pb::GetOrdersRequest>,
+    ) -> Result<Response<pb::GetOrdersResponse>, Status> {
+        let request = request.into_inner();
+        if request.order_ids.len() > MAX_IDS_PER_GET_ORDERS {
+            return Err(Status::invalid_argument(format!(
+                "order_ids may hold at most {MAX_IDS_PER_GET_ORDERS} ids, got {}",
+                request.order_ids.len()
+            )));
+        }
+        let mut ids = Vec::with_capacity(request.order_ids.len());
+        for (index, id) in request.order_ids.iter().enumerate() {
+            let id = OrderId::parse(*id)
+                .map_err(|e| status::invalid_order_id(&format!("order_ids[{index}]"), e))?;
+            // A repeated id is answered once, at its first position.
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let mut found = self.reader.get_many(&ids, 0).await.map_err(status::storage)?;
+        let mut response = pb::GetOrdersResponse::default();
+        for id in ids {
+            match found.remove(&id) {
+                Some(read) => response.orders.push(read.order),
+                None => response.not_found_ids.push(id.get()),
+            }
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn update_order_status(
+        &self,
+        request: Request<pb::UpdateOrderStatusRequest>,
+    ) -> Result<Response<pb::UpdateOrderStatusResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let id = OrderId::parse(request.order_id).map_err(|e| status::invalid_order_id("order_id", e))?;
+        let to = OrderStatus::from_proto(request.status).map_err(status::invalid_status)?;
+        if let Some(expected) = request.expected_version
+            && expected <= 0
+        {
+            return Err(Status::invalid_argument(format!(
+                "expected_version must be positive, got {expected}"
+            )));
+        }
+        let change = self
+            .storage
+            .update_status(id, to, request.expected_version)
+            .await
+            .map_err(status::update)?;
+        Ok(Response::new(pb::UpdateOrderStatusResponse {
+            order: Some((&change.order).into()),
+        }))
+    }
+}

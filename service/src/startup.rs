@@ -1,0 +1,210 @@
+//! Wiring: builds the parts the configuration asks for and runs them until shutdown.
+//!
+//! `Application::build` does everything that can fail fast (migrations, binding the gRPC port, creating
+//! clients), so a test or `main` learns of a bad setting before anything runs; `run` then drives the
+//! parts until the shutdown token is cancelled and waits for each to stop cleanly.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{OrderCache, WriteMode};
+use crate::config::{Component, Settings};
+use crate::events::cache_updater::CacheUpdater;
+use crate::events::outbox_relay::OutboxRelay;
+use crate::events::topics;
+use crate::grpc::{self, AuthToken, OrdersApi, health::HealthMonitor};
+use crate::reads::OrderReader;
+use crate::storage::{self, Storage, StorageError};
+
+/// How long start-up waits for the database to accept the migrations.
+const DATABASE_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("redis: {0}")]
+    Cache(#[from] crate::cache::CacheError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("kafka consumer: {0}")]
+    Consumer(#[from] crate::kafka::ConsumerError),
+    #[error("cannot bind the gRPC address {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Serve(#[from] grpc::ServeError),
+    #[error(transparent)]
+    Updater(#[from] crate::events::cache_updater::UpdaterError),
+}
+
+/// Behaviour switches that only tests use, to prove the consistency checks catch known bugs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestFaults {
+    pub cache_write: WriteMode,
+}
+
+pub struct Application {
+    settings: Settings,
+    components: Vec<Component>,
+    storage: Storage,
+    cache: OrderCache,
+    listener: Option<TcpListener>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, components: Vec<Component>) -> Result<Self, StartupError> {
+        Self::build_with_faults(settings, components, TestFaults::default()).await
+    }
+
+    pub async fn build_with_faults(
+        settings: Settings,
+        components: Vec<Component>,
+        faults: TestFaults,
+    ) -> Result<Self, StartupError> {
+        let storage = Storage::connect_lazy(&settings.database_url, settings.database_pool_size)?;
+        migrate_when_ready(&storage).await?;
+        let cache = OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl(), faults.cache_write)?;
+        if let Err(error) = topics::ensure(
+            &settings.kafka_brokers,
+            &[&settings.orders_topic, &settings.dead_letter_topic()],
+        )
+        .await
+        {
+            tracing::warn!(%error, "could not check the topics; continuing (Kafka may come later)");
+        }
+        let listener = if components.contains(&Component::Api) {
+            let address = settings.grpc_addr;
+            Some(
+                TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartupError::Bind { address, source })?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            settings,
+            components,
+            storage,
+            cache,
+            listener,
+        })
+    }
+
+    /// The address the gRPC server listens on (the real port when configured with port 0).
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Runs every configured part until `shutdown`; if one part fails, the others are stopped too and
+    /// the first error is returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let mut parts: JoinSet<Result<&'static str, StartupError>> = JoinSet::new();
+        let settings = &self.settings;
+
+        if let Some(listener) = self.listener {
+            let auth = settings.auth_token.clone().and_then(AuthToken::new);
+            let reader = OrderReader::new(self.storage.clone(), self.cache.clone());
+            let api = OrdersApi::new(self.storage.clone(), reader, auth);
+            let (reporter, health) = grpc::health();
+            let monitor = HealthMonitor {
+                reporter,
+                storage: self.storage.clone(),
+                cache: self.cache.clone(),
+                kafka_brokers: settings.kafka_brokers.clone(),
+            };
+            let token = shutdown.clone();
+            parts.spawn(async move {
+                monitor.run(token).await;
+                Ok("health")
+            });
+            let token = shutdown.clone();
+            tracing::info!(address = ?listener.local_addr().ok(), "gRPC API listening");
+            parts.spawn(async move {
+                grpc::serve(listener, api, health, token).await?;
+                Ok("api")
+            });
+        }
+        if self.components.contains(&Component::Relay) {
+            let relay = OutboxRelay::new(
+                self.storage.clone(),
+                topics::producer(&settings.kafka_brokers)?,
+                settings.orders_topic.clone(),
+            );
+            let token = shutdown.clone();
+            parts.spawn(async move {
+                relay.run(token).await;
+                Ok("relay")
+            });
+        }
+        if self.components.contains(&Component::Updater) {
+            let batch = settings.updater_batch as usize;
+            let consumer = CacheUpdater::consumer(
+                &settings.kafka_brokers,
+                &settings.updater_group,
+                &settings.orders_topic,
+                &settings.updater_assignment,
+                batch,
+            )?;
+            let updater = CacheUpdater::new(
+                self.cache.clone(),
+                topics::producer(&settings.kafka_brokers)?,
+                settings.dead_letter_topic(),
+                batch,
+            );
+            let token = shutdown.clone();
+            parts.spawn(async move {
+                updater.run(consumer, token).await?;
+                Ok("updater")
+            });
+        }
+
+        let mut first_error = None;
+        while let Some(joined) = parts.join_next().await {
+            match joined {
+                Ok(Ok(part)) => tracing::debug!(part, "stopped"),
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "a part of the service failed; stopping the rest");
+                    shutdown.cancel();
+                    first_error.get_or_insert(error);
+                }
+                Err(join_error) => {
+                    tracing::error!(%join_error, "a part of the service panicked; stopping the rest");
+                    shutdown.cancel();
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Applies the migrations, retrying while the database is still starting.
+async fn migrate_when_ready(storage: &Storage) -> Result<(), StorageError> {
+    let deadline = Instant::now() + DATABASE_WAIT;
+    loop {
+        match storage.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(StorageError::Migration(sqlx::migrate::MigrateError::Execute(ref error)))
+                if Instant::now() < deadline && storage::is_unavailable(error) =>
+            {
+                tracing::info!("waiting for the database");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The outbox table: events written in the transaction of a change, read and deleted by the relay.
+//!
+//! Only one relay publishes at a time, whatever the number of service instances: each batch runs in a
+//! transaction that first takes a transaction-scoped advisory lock. Instances that do not get it skip the
+//! round. The lock goes with the transaction, so a relay that dies (or loses its connection) releases it
+//! at once, and per-order order in the topic is kept because one relay publishes rows in `id` order.
+
+use prost::Message;
+use sqlx::{PgConnection, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use super::StorageError;
+use crate::domain::{Order, OrderId};
+use crate::events;
+
+/// The advisory lock key of the relay ("outbox" in ASCII).
+const RELAY_LOCK: i64 = 0x6f7574626f78;
+
+/// One event waiting to be published.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub order_id: OrderId,
+    pub event_id: Uuid,
+    pub payload: Vec<u8>,
+}
+
+/// Writes the event of `order`'s current version, inside the caller's transaction.
+pub async fn enqueue(connection: &mut PgConnection, order: &Order) -> Result<(), StorageError> {
+    let event = events::order_event(order, Uuid::now_v7());
+    sqlx::query("INSERT INTO outbox (aggregate_id, event_id, payload) VALUES ($1, $2, $3)")
+        .bind(order.id.get())
+        .bind(Uuid::parse_str(&event.event_id).map_err(|e| StorageError::Corrupt(e.to_string()))?)
+        .bind(event.encode_to_vec())
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Opens a relay round: `None` when another relay holds the lock.
+pub async fn begin_round(
+    pool: &sqlx::PgPool,
+) -> Result<Option<Transaction<'static, Postgres>>, StorageError> {
+    let mut transaction = pool.begin().await?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *transaction)
+        .await?;
+    Ok(leader.then_some(transaction))
+}
+
+/// The oldest `limit` events, in commit order.
+pub async fn oldest(connection: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, StorageError> {
+    let rows = sqlx::query("SELECT id, aggregate_id, event_id, payload FROM outbox ORDER BY id LIMIT $1")
+        .bind(limit)
+        .fetch_all(connection)
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(OutboxEvent {
+                id: row.try_get("id")?,
+                order_id: OrderId::parse(row.try_get("aggregate_id")?)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                event_id: row.try_get("event_id")?,
+                payload: row.try_get("payload")?,
+            })
+        })
+        .collect()
+}
+
+pub async fn delete(connection: &mut PgConnection, ids: &[i64]) -> Result<(), StorageError> {
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Events waiting to be published (a metric, and the harness's "outbox empty" quiescence check).
+pub async fn backlog(pool: &sqlx::PgPool) -> Result<i64, StorageError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(pool)
+        .await?)
+}

@@ -1,0 +1,58 @@
+//! The service's Prometheus metrics, named in one place.
+//!
+//! Recording goes through the `metrics` facade, so it costs next to nothing when no exporter is installed
+//! (tests, tools); `install` serves them over HTTP at `METRICS_ADDR` (`GET /metrics`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+/// Serves `/metrics` on `address` from a background task.
+pub fn install(address: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(address)
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .install()?;
+    Ok(())
+}
+
+/// How a read was answered, per order: `hit`, `miss`, `stale` (older than `min_version`), `corrupt`,
+/// or `unavailable` (Redis did not answer).
+pub fn cache_read(result: &'static str, count: usize) {
+    counter!("orders_cache_reads_total", "result" => result).increment(count as u64);
+}
+
+pub fn outbox_published(events: usize, publish_latency: Duration) {
+    counter!("orders_outbox_published_total").increment(events as u64);
+    histogram!("orders_outbox_publish_seconds").record(publish_latency.as_secs_f64());
+}
+
+pub fn outbox_backlog(rows: i64) {
+    gauge!("orders_outbox_backlog").set(rows as f64);
+}
+
+/// What the cache updater did with events: `applied`, `stale` (the cache was as new), `dead_lettered`.
+pub fn updater_events(result: &'static str, count: usize) {
+    counter!("orders_updater_events_total", "result" => result).increment(count as u64);
+}
+
+/// Time from an event's commit to its application in Redis.
+pub fn updater_event_age(age: Duration) {
+    histogram!("orders_updater_event_age_seconds").record(age.as_secs_f64());
+}
+
+pub fn updater_redis_retry() {
+    counter!("orders_updater_redis_retries_total").increment(1);
+}
+
+pub fn consumer_lag(lag: i64) {
+    gauge!("orders_updater_consumer_lag").set(lag as f64);
+}
+
+pub fn rebalance(kind: &'static str) {
+    counter!("orders_updater_rebalances_total", "kind" => kind).increment(1);
+}
