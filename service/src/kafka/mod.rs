@@ -1,1 +1,124 @@
-//! Kafka plumbing of the service. See `channel_consumer` (being written).
+//! Kafka plumbing of the service: [`ChannelConsumer`], a batch consumer read as an async stream.
+//!
+//! It is the "hard mode" of the original homework: the C# `ChannelConsumer<TKey, TValue>`, a
+//! `ChannelReader` of messages that each carry a `Handle()`, done in Rust and made correct across
+//! several partitions and across rebalances. The cache updater reads the `order-events` topic through it.
+//!
+//! # Example
+//!
+//! The seed's `ReadAllAsync().Buffer(1000, TimeSpan.FromMilliseconds(10))` loop:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rdkafka::ClientConfig;
+//! use service::kafka::{ChannelConsumer, ConsumerError};
+//! use tokio_stream::StreamExt;
+//!
+//! # async fn run() -> Result<(), ConsumerError> {
+//! let mut config = ClientConfig::new();
+//! config
+//!     .set("bootstrap.servers", "127.0.0.1:9092")
+//!     .set("group.id", "cache-updater")
+//!     .set("enable.auto.commit", "true")
+//!     .set("enable.auto.offset.store", "false");
+//!
+//! let consumer = ChannelConsumer::<i64, String>::new(config, "topic_name", 1000, None, None)?;
+//!
+//! let mut batches = consumer.chunks_timeout(1000, Duration::from_millis(10));
+//! while let Some(batch) = batches.next().await {
+//!     for message in batch {
+//!         let message = message?;
+//!         // Do work with message.key(), message.value(), ...
+//!         message.handle();
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A message whose key or value does not deserialize arrives as [`ConsumerError::Undecodable`] in its
+//! place; the stream goes on. It carries the raw bytes and must be handled like a message, typically
+//! after dead-lettering it:
+//!
+//! ```no_run
+//! # use service::kafka::{ConsumerError, KafkaMessage};
+//! # fn process(_: &KafkaMessage<i64, String>) {}
+//! # fn dead_letter(_: Option<&[u8]>) {}
+//! # fn on_item(item: Result<KafkaMessage<i64, String>, ConsumerError>) -> Result<(), ConsumerError> {
+//! match item {
+//!     Ok(message) => {
+//!         process(&message);
+//!         message.handle();
+//!     }
+//!     Err(ConsumerError::Undecodable(poison)) => {
+//!         dead_letter(poison.raw_value());
+//!         poison.handle(); // lets the partition's committed offset move past it
+//!     }
+//!     Err(fatal) => return Err(fatal),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **At least once.** A message's offset is committed only after the message, and every message
+//!   delivered before it from its partition, was handled. Whatever was not handled is delivered again
+//!   after a restart or a rebalance, to this consumer or to another member of the group.
+//! * **Order.** Within one partition, messages come in offset order. Across partitions there is no order;
+//!   partitions are served in turn, so none starves while another has a backlog. A partition's order
+//!   restarts only when it is reassigned: [`KafkaMessage::assignment_epoch`] tells the assignments apart.
+//! * **Out-of-order handling is safe.** Per partition the consumer stores offset + 1 of the last message
+//!   of the longest *handled prefix* of what it delivered. "Prefix" follows delivery, not offset
+//!   arithmetic, so gaps in offsets (compaction, transaction markers) never stall it. With
+//!   `enable.auto.commit=true` librdkafka commits what is stored; [`ChannelConsumer::commit`] commits it
+//!   at once.
+//! * **Rebalances** (eager strategies, `cooperative-sticky`, and `group.protocol=consumer`): before
+//!   partitions are revoked, what was handled in them is committed; their messages not yet handed out are
+//!   dropped (the next owner reads them); `handle()` on a message of a partition no longer owned does
+//!   nothing. Newly assigned partitions start at their committed offsets. A *lost* assignment (this
+//!   member was timed out) commits nothing, since the partitions may already be someone else's.
+//! * **Back-pressure without leaving the group.** At most `consume_size` messages are read in one go and
+//!   buffered. When the reader is slow, the consumer pauses partitions instead of blocking, and keeps
+//!   polling Kafka, so heartbeats and rebalances are served and `max.poll.interval.ms` is never exceeded
+//!   because of a slow reader.
+//! * **Errors.** Deserialization failures are items, as above. Transient broker errors are logged
+//!   (`tracing`) and retried by librdkafka. A fatal error is the stream's last item,
+//!   [`ConsumerError::Fatal`].
+//! * **Close.** [`ChannelConsumer::close`], or dropping the consumer, commits what was handled and leaves
+//!   the group at once, so that the others take over its partitions without waiting for a session
+//!   timeout. Messages handled after that are not committed (they come again to the next owner).
+//!
+//! What is *not* guaranteed: exactly once. A crash, or a `handle()` that comes after its partition was
+//! revoked, makes the message come again. Consumers must be idempotent (the cache updater is: it writes
+//! by version compare-and-set).
+//!
+//! # Layout
+//!
+//! * `channel_consumer`: the public type, its builder, and how the two threads split the work;
+//! * `poll_loop`: the poll thread, batching and back-pressure;
+//! * `context`: the rebalance callbacks;
+//! * `offsets`: the contiguous-prefix rule and assignment epochs;
+//! * `delivery_buffer`: per-partition queues served round-robin;
+//! * `acknowledgement`: what `handle()`, `commit()` and `close()` send;
+//! * `message`, `deserializer`, `error`: the types users see.
+
+mod acknowledgement;
+mod channel_consumer;
+mod context;
+mod delivery_buffer;
+mod deserializer;
+mod error;
+mod message;
+mod offsets;
+mod poll_loop;
+
+pub use channel_consumer::{ChannelConsumer, ChannelConsumerBuilder, ConsumerControl};
+pub use deserializer::{
+    BigEndianI32, BigEndianI64, Deserializer, Ignore, Protobuf, RawBytes, Utf8, default_deserializer,
+};
+pub use error::{ConsumerError, DeserializeError, MessagePart};
+pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
+pub use offsets::{Epoch, OffsetPolicy};
+pub use poll_loop::Item;

@@ -1,0 +1,267 @@
+//! [`ChannelConsumer`]: a Kafka consumer read as an async [`Stream`] of messages, each acknowledged
+//! with `handle()`.
+//!
+//! Two halves, one thread apart:
+//!
+//! * the **poll thread** (a dedicated `std::thread`, see `poll_loop`) owns librdkafka's `BaseConsumer`,
+//!   polls it in batches, runs the rebalance callbacks, and keeps the per-partition offset bookkeeping;
+//! * the **stream** (this type) takes messages out of the delivery buffer that the poll thread fills,
+//!   and sends acknowledgements and commands back over a channel.
+//!
+//! Why a thread and not a task: librdkafka's poll blocks, and the rebalance callback must be allowed to
+//! block too (it commits synchronously before partitions go). On a thread of its own that never stalls
+//! the async runtime, and the poll loop keeps turning whatever the reader does. Why `BaseConsumer` and
+//! not rdkafka's `StreamConsumer`: it reads in batches without one wake-up per message, and its
+//! rebalance callbacks run on a thread we control.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use futures::Stream;
+use rdkafka::ClientConfig;
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::Consumer;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::acknowledgement::Request;
+use super::context::{ChannelContext, PollState, PolledConsumer};
+use super::delivery_buffer::DeliveryBuffer;
+use super::deserializer::{Deserializer, default_deserializer};
+use super::error::{ConsumerError, MessagePart};
+use super::offsets::{OffsetPolicy, OffsetTracker};
+use super::poll_loop::{Item, PollLoop};
+
+/// A batch Kafka consumer of one topic, read as a [`Stream`] of
+/// `Result<KafkaMessage<K, V>, ConsumerError>`. See the [module documentation](super) for the
+/// guarantees.
+pub struct ChannelConsumer<K, V> {
+    buffer: Arc<DeliveryBuffer<Item<K, V>>>,
+    control: ConsumerControl,
+    poll_thread: Option<JoinHandle<()>>,
+}
+
+impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
+    /// Subscribes to `topic` with `config` and starts polling.
+    ///
+    /// * `config` needs `bootstrap.servers` and `group.id`; `enable.auto.offset.store` is always set to
+    ///   `false` (offsets are stored by `handle()`); `enable.auto.commit` is yours to choose: with `true`
+    ///   librdkafka commits the stored offsets every `auto.commit.interval.ms`, with `false` they are
+    ///   committed by [`commit`](Self::commit), on revocation and on close.
+    /// * `consume_size` is the most messages read from librdkafka in one go, and the size of the
+    ///   internal buffer.
+    /// * `None` for a deserializer picks the default one for the type, or fails with
+    ///   [`ConsumerError::NoDefaultDeserializer`] if there is none.
+    pub fn new(
+        config: ClientConfig,
+        topic: &str,
+        consume_size: usize,
+        key_deserializer: Option<Box<dyn Deserializer<K>>>,
+        value_deserializer: Option<Box<dyn Deserializer<V>>>,
+    ) -> Result<Self, ConsumerError> {
+        let mut builder = Self::builder(config, topic).consume_size(consume_size);
+        builder.key_deserializer = key_deserializer;
+        builder.value_deserializer = value_deserializer;
+        builder.build()
+    }
+
+    /// The same as [`new`](Self::new), one setting at a time, and with the test-only settings.
+    pub fn builder(config: ClientConfig, topic: &str) -> ChannelConsumerBuilder<K, V> {
+        ChannelConsumerBuilder {
+            config,
+            topic: topic.to_owned(),
+            consume_size: 1000,
+            key_deserializer: None,
+            value_deserializer: None,
+            offset_policy: OffsetPolicy::default(),
+        }
+    }
+
+    /// Commits the offsets handled so far (every `handle()` that returned before this call), waiting for
+    /// the broker's answer. Not needed with `enable.auto.commit=true`, but it shortens what a crash
+    /// would re-deliver.
+    pub async fn commit(&self) -> Result<(), ConsumerError> {
+        self.control.commit().await
+    }
+
+    /// Commits what was handled, leaves the group and ends the stream, waiting until all of that is
+    /// done. Dropping the consumer does the same, blocking the dropping thread until it is done.
+    pub async fn close(mut self) -> Result<(), ConsumerError> {
+        let result = self.control.close().await;
+        // The poll thread has answered, so it has finished its work: joining it is immediate.
+        self.join_poll_thread();
+        result
+    }
+
+    /// A handle to commit or close the consumer after it was moved into a stream adapter (such as
+    /// `chunks_timeout`).
+    pub fn control(&self) -> ConsumerControl {
+        self.control.clone()
+    }
+
+    fn join_poll_thread(&mut self) {
+        if let Some(thread) = self.poll_thread.take() {
+            if thread.join().is_err() {
+                warn!("the consumer's poll thread panicked");
+            }
+        }
+    }
+}
+
+impl<K, V> Stream for ChannelConsumer<K, V> {
+    type Item = Item<K, V>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.buffer.poll_take(cx)
+    }
+}
+
+impl<K, V> Drop for ChannelConsumer<K, V> {
+    /// Closes the consumer: commits what was handled and leaves the group, like [`close`](Self::close),
+    /// and waits for it, as rdkafka's own consumers do on drop. Waiting blocks the current thread for a
+    /// commit and a LeaveGroup round trip; it cannot deadlock, because the poll thread needs nothing from
+    /// the async runtime. To wait without blocking, call `close().await` instead.
+    fn drop(&mut self) {
+        let Some(thread) = self.poll_thread.take() else {
+            return;
+        };
+        let (reply, _answer) = oneshot::channel();
+        self.control.send(Request::Close(reply));
+        if thread.join().is_err() {
+            warn!("the consumer's poll thread panicked");
+        }
+    }
+}
+
+/// Commits or closes a [`ChannelConsumer`] from anywhere; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConsumerControl {
+    requests: mpsc::Sender<Request>,
+}
+
+impl ConsumerControl {
+    fn send(&self, request: Request) {
+        // Fails only when the poll thread is gone; the reply channel then reports `Closed`.
+        let _ = self.requests.send(request);
+    }
+
+    /// See [`ChannelConsumer::commit`].
+    pub async fn commit(&self) -> Result<(), ConsumerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Commit(reply));
+        answer.await.unwrap_or(Err(ConsumerError::Closed))
+    }
+
+    /// Commits what was handled, leaves the group and ends the stream; returns once that is done.
+    pub async fn close(&self) -> Result<(), ConsumerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Close(reply));
+        answer.await.unwrap_or(Err(ConsumerError::Closed))
+    }
+}
+
+/// Builds a [`ChannelConsumer`]; from [`ChannelConsumer::builder`].
+pub struct ChannelConsumerBuilder<K, V> {
+    config: ClientConfig,
+    topic: String,
+    consume_size: usize,
+    key_deserializer: Option<Box<dyn Deserializer<K>>>,
+    value_deserializer: Option<Box<dyn Deserializer<V>>>,
+    offset_policy: OffsetPolicy,
+}
+
+impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
+    /// See [`ChannelConsumer::new`]; 1000 unless set.
+    pub fn consume_size(mut self, consume_size: usize) -> Self {
+        self.consume_size = consume_size;
+        self
+    }
+
+    pub fn key_deserializer(mut self, deserializer: impl Deserializer<K> + 'static) -> Self {
+        self.key_deserializer = Some(Box::new(deserializer));
+        self
+    }
+
+    pub fn value_deserializer(mut self, deserializer: impl Deserializer<V> + 'static) -> Self {
+        self.value_deserializer = Some(Box::new(deserializer));
+        self
+    }
+
+    /// **Testing only.** Selects when offsets are stored; anything but the default
+    /// [`OffsetPolicy::StoreOnHandle`] breaks the consumer's guarantees on purpose (fault injection for
+    /// consistency checkers).
+    pub fn offset_policy(mut self, policy: OffsetPolicy) -> Self {
+        self.offset_policy = policy;
+        self
+    }
+
+    pub fn build(self) -> Result<ChannelConsumer<K, V>, ConsumerError> {
+        let key_deserializer = deserializer_or_default(self.key_deserializer, MessagePart::Key)?;
+        let value_deserializer = deserializer_or_default(self.value_deserializer, MessagePart::Value)?;
+        if self.consume_size == 0 {
+            return Err(ConsumerError::InvalidConfig(
+                "consume_size must be at least 1".into(),
+            ));
+        }
+        let mut config = self.config;
+        if config.get("group.id").is_none() {
+            return Err(ConsumerError::InvalidConfig("group.id is required".into()));
+        }
+        if config
+            .get("enable.auto.offset.store")
+            .is_some_and(|v| v != "false")
+        {
+            warn!("enable.auto.offset.store overridden to false: offsets are stored by handle()");
+        }
+        config.set("enable.auto.offset.store", "false");
+
+        let topic: Arc<str> = Arc::from(self.topic.as_str());
+        let buffer = Arc::new(DeliveryBuffer::new());
+        let (requests, requests_received) = mpsc::channel();
+        let state = PollState::new(OffsetTracker::new(self.offset_policy), requests_received);
+        let context = ChannelContext::new(topic.clone(), state, buffer.clone());
+        let consumer =
+            PolledConsumer::from_config_and_context(&config, context).map_err(ConsumerError::Client)?;
+        consumer.subscribe(&[&topic]).map_err(ConsumerError::Client)?;
+
+        let poll_loop = PollLoop {
+            consumer,
+            topic: topic.clone(),
+            consume_size: self.consume_size,
+            key_deserializer,
+            value_deserializer,
+            requests: requests.clone(),
+        };
+        let thread_buffer = buffer.clone();
+        let poll_thread = std::thread::Builder::new()
+            .name(format!("kafka-{topic}"))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| poll_loop.run());
+                if std::panic::catch_unwind(run).is_err() {
+                    thread_buffer.finish(Some(Err(ConsumerError::PollThreadPanicked)));
+                }
+            })
+            .map_err(ConsumerError::Thread)?;
+        Ok(ChannelConsumer {
+            buffer,
+            control: ConsumerControl { requests },
+            poll_thread: Some(poll_thread),
+        })
+    }
+}
+
+fn deserializer_or_default<T: 'static>(
+    given: Option<Box<dyn Deserializer<T>>>,
+    part: MessagePart,
+) -> Result<Box<dyn Deserializer<T>>, ConsumerError> {
+    match given {
+        Some(deserializer) => Ok(deserializer),
+        None => default_deserializer::<T>().ok_or(ConsumerError::NoDefaultDeserializer {
+            part,
+            type_name: std::any::type_name::<T>(),
+        }),
+    }
+}

@@ -1,0 +1,340 @@
+//! Which offset may be stored for each partition: the contiguous-prefix rule behind `handle()`.
+//!
+//! librdkafka commits the offset it has *stored* for a partition, meaning "everything before this was
+//! processed". With out-of-order handling, storing a handled message's offset + 1 would claim the
+//! unhandled messages before it too, and a crash would lose them. So, per partition, the
+//! [`OffsetTracker`] keeps the messages delivered in the current assignment in delivery order, marks
+//! them as they are handled, and advances the offset to store only past a *contiguous* run of handled
+//! messages at the front: the stored offset is the offset + 1 of the last message of that run.
+//!
+//! Contiguous means contiguous in the sequence of delivered messages, not in offset arithmetic: offsets
+//! have gaps (compacted records, transaction markers), so "the next offset" is whatever was delivered
+//! next.
+//!
+//! Each assignment of a partition gets a fresh [`Epoch`]. A message remembers the epoch it was delivered
+//! in, and an acknowledgement from an older epoch (the partition was revoked, maybe reassigned since) is
+//! ignored: storing it would fail (librdkafka answers `__STATE` for partitions not assigned) or, worse,
+//! succeed for a later assignment whose messages it says nothing about.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::acknowledgement::Handled;
+
+/// Identifies one assignment of one partition to this consumer; grows with every (re)assignment.
+pub type Epoch = u64;
+
+/// When the consumer stores a message's offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetPolicy {
+    /// The correct policy: store an offset once every message before it was handled.
+    #[default]
+    StoreOnHandle,
+    /// **Deliberately broken, for testing only.** Stores each message's offset as soon as it is
+    /// received, before anyone handled it; a crash then loses the received but unhandled messages. It
+    /// exists so that tests can show their consistency checker catches such a consumer.
+    StoreOnReceipt,
+}
+
+/// One delivered message not yet covered by the stored offset.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    offset: i64,
+    handled: bool,
+}
+
+/// The bookkeeping of one assigned partition.
+#[derive(Debug)]
+struct PartitionProgress {
+    epoch: Epoch,
+    /// Delivered in this epoch and not yet covered by `stored`, in delivery (so offset) order.
+    in_flight: VecDeque<InFlight>,
+    /// The offset to store: one past the last message of the handled prefix.
+    stored: Option<i64>,
+    /// `stored` changed since it was last given to librdkafka.
+    store_pending: bool,
+    /// The last offset this consumer committed for the partition in this epoch.
+    committed: Option<i64>,
+}
+
+/// The per-partition offset bookkeeping of one consumer. Owned by the poll thread.
+#[derive(Debug)]
+pub(crate) struct OffsetTracker {
+    policy: OffsetPolicy,
+    last_epoch: Epoch,
+    partitions: BTreeMap<i32, PartitionProgress>,
+}
+
+impl OffsetTracker {
+    pub fn new(policy: OffsetPolicy) -> Self {
+        Self {
+            policy,
+            last_epoch: 0,
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    /// The partition was assigned: start a new epoch with nothing delivered.
+    pub fn assign(&mut self, partition: i32) -> Epoch {
+        self.last_epoch += 1;
+        let epoch = self.last_epoch;
+        self.partitions.insert(
+            partition,
+            PartitionProgress {
+                epoch,
+                in_flight: VecDeque::new(),
+                stored: None,
+                store_pending: false,
+                committed: None,
+            },
+        );
+        epoch
+    }
+
+    /// The partition was revoked (or lost): forget it; later acknowledgements for it are ignored.
+    pub fn revoke(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+    }
+
+    pub fn revoke_all(&mut self) {
+        self.partitions.clear();
+    }
+
+    pub fn assigned(&self) -> impl Iterator<Item = i32> + '_ {
+        self.partitions.keys().copied()
+    }
+
+    pub fn is_current(&self, partition: i32, epoch: Epoch) -> bool {
+        self.partitions.get(&partition).is_some_and(|p| p.epoch == epoch)
+    }
+
+    /// A message was received from librdkafka. Returns its epoch, or `None` if the partition is not
+    /// assigned (the message is then dropped: its partition's new owner reads it).
+    pub fn deliver(&mut self, partition: i32, offset: i64) -> Option<Epoch> {
+        let went_back = {
+            let progress = self.partitions.get(&partition)?;
+            let last_seen = progress
+                .in_flight
+                .back()
+                .map(|m| m.offset + 1)
+                .or(progress.stored);
+            last_seen.is_some_and(|next| offset < next)
+        };
+        if went_back {
+            // librdkafka moved the position backwards (an offset reset, a seek). The messages delivered
+            // since are no longer a prefix of what comes, so start afresh as if newly assigned; the
+            // acknowledgements of the old epoch are ignored and their messages come again.
+            let committed = self.partitions.get(&partition).and_then(|p| p.committed);
+            self.assign(partition);
+            if let Some(progress) = self.partitions.get_mut(&partition) {
+                progress.committed = committed;
+            }
+        }
+        let policy = self.policy;
+        let progress = self.partitions.get_mut(&partition)?;
+        match policy {
+            OffsetPolicy::StoreOnHandle => progress.in_flight.push_back(InFlight {
+                offset,
+                handled: false,
+            }),
+            OffsetPolicy::StoreOnReceipt => {
+                progress.stored = Some(offset + 1);
+                progress.store_pending = true;
+            }
+        }
+        Some(progress.epoch)
+    }
+
+    /// A message was handled: advance the stored offset over the handled prefix, if it grew.
+    pub fn handle(&mut self, handled: Handled) {
+        let Some(progress) = self.partitions.get_mut(&handled.partition) else {
+            return;
+        };
+        if progress.epoch != handled.epoch {
+            return;
+        }
+        // Offsets in flight are increasing, so a binary search finds the message.
+        let Ok(index) = progress
+            .in_flight
+            .binary_search_by_key(&handled.offset, |m| m.offset)
+        else {
+            return; // Already covered by the stored offset: acknowledged twice.
+        };
+        progress.in_flight[index].handled = true;
+        let mut advanced_to = None;
+        while let Some(front) = progress.in_flight.front().filter(|m| m.handled) {
+            advanced_to = Some(front.offset + 1);
+            progress.in_flight.pop_front();
+        }
+        if let Some(next) = advanced_to {
+            progress.stored = Some(next);
+            progress.store_pending = true;
+        }
+    }
+
+    /// The stored offsets that changed since last asked: what to hand to librdkafka's offset store.
+    pub fn take_offsets_to_store(&mut self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter_mut()
+            .filter(|(_, p)| p.store_pending)
+            .filter_map(|(&partition, progress)| {
+                progress.store_pending = false;
+                progress.stored.map(|offset| (partition, offset))
+            })
+            .collect()
+    }
+
+    /// The stored offsets of `partitions` (all assigned ones for `None`) not yet committed by us.
+    pub fn offsets_to_commit(&self, partitions: Option<&[i32]>) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter(|(partition, _)| partitions.is_none_or(|wanted| wanted.contains(partition)))
+            .filter_map(|(&partition, progress)| match progress.stored {
+                Some(offset) if progress.committed != Some(offset) => Some((partition, offset)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn mark_committed(&mut self, offsets: &[(i32, i64)]) {
+        for &(partition, offset) in offsets {
+            if let Some(progress) = self.partitions.get_mut(&partition) {
+                progress.committed = Some(offset);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handled(partition: i32, offset: i64, epoch: Epoch) -> Handled {
+        Handled {
+            partition,
+            offset,
+            epoch,
+        }
+    }
+
+    fn deliver_all(tracker: &mut OffsetTracker, partition: i32, offsets: &[i64]) -> Epoch {
+        let mut epoch = 0;
+        for &offset in offsets {
+            epoch = tracker.deliver(partition, offset).unwrap_or_default();
+        }
+        epoch
+    }
+
+    #[test]
+    fn stores_nothing_until_the_first_message_is_handled() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let epoch = tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[10, 11, 12]);
+        tracker.handle(handled(0, 12, epoch));
+        tracker.handle(handled(0, 11, epoch));
+        assert_eq!(tracker.take_offsets_to_store(), vec![]);
+        tracker.handle(handled(0, 10, epoch));
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 13)]);
+        assert_eq!(
+            tracker.take_offsets_to_store(),
+            vec![],
+            "each store is handed out once"
+        );
+    }
+
+    #[test]
+    fn never_stores_past_an_unhandled_message() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let epoch = tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[0, 1, 2, 3, 4]);
+        for offset in [0, 1, 3, 4] {
+            tracker.handle(handled(0, offset, epoch));
+        }
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 2)]);
+        tracker.handle(handled(0, 2, epoch));
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 5)]);
+    }
+
+    #[test]
+    fn offset_gaps_do_not_stall_progress() {
+        // Transaction markers and compaction leave holes: 2, 5 and 6 are never delivered.
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let epoch = tracker.assign(3);
+        deliver_all(&mut tracker, 3, &[0, 1, 3, 4, 7]);
+        for offset in [7, 4, 3, 1, 0] {
+            tracker.handle(handled(3, offset, epoch));
+        }
+        assert_eq!(tracker.take_offsets_to_store(), vec![(3, 8)]);
+    }
+
+    #[test]
+    fn acknowledgements_of_an_earlier_assignment_are_ignored() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let old = tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[0, 1]);
+        tracker.revoke(0);
+        tracker.handle(handled(0, 0, old));
+        let new = tracker.assign(0);
+        assert_ne!(old, new);
+        deliver_all(&mut tracker, 0, &[0, 1]);
+        tracker.handle(handled(0, 0, old));
+        tracker.handle(handled(0, 1, old));
+        assert_eq!(tracker.take_offsets_to_store(), vec![]);
+        tracker.handle(handled(0, 0, new));
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 1)]);
+        assert!(tracker.deliver(1, 0).is_none(), "partition 1 is not assigned");
+    }
+
+    #[test]
+    fn partitions_progress_independently_and_double_acks_are_harmless() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let e0 = tracker.assign(0);
+        let e1 = tracker.assign(1);
+        deliver_all(&mut tracker, 0, &[5, 6]);
+        deliver_all(&mut tracker, 1, &[9]);
+        tracker.handle(handled(1, 9, e1));
+        tracker.handle(handled(1, 9, e1));
+        tracker.handle(handled(0, 6, e0));
+        assert_eq!(tracker.take_offsets_to_store(), vec![(1, 10)]);
+    }
+
+    #[test]
+    fn a_position_moving_back_starts_a_new_epoch() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let first = tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[4, 5, 6]);
+        tracker.handle(handled(0, 4, first));
+        let second = tracker.deliver(0, 5).unwrap_or_default();
+        assert_ne!(first, second);
+        tracker.handle(handled(0, 5, first));
+        assert_eq!(
+            tracker.take_offsets_to_store(),
+            vec![],
+            "the stored 5 went with the old epoch"
+        );
+        tracker.handle(handled(0, 5, second));
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 6)]);
+    }
+
+    #[test]
+    fn commits_only_what_changed() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let e0 = tracker.assign(0);
+        let e1 = tracker.assign(1);
+        deliver_all(&mut tracker, 0, &[0]);
+        deliver_all(&mut tracker, 1, &[0]);
+        tracker.handle(handled(0, 0, e0));
+        tracker.handle(handled(1, 0, e1));
+        assert_eq!(tracker.offsets_to_commit(Some(&[1])), vec![(1, 1)]);
+        assert_eq!(tracker.offsets_to_commit(None), vec![(0, 1), (1, 1)]);
+        tracker.mark_committed(&[(0, 1)]);
+        assert_eq!(tracker.offsets_to_commit(None), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn the_broken_policy_stores_on_receipt() {
+        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnReceipt);
+        tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[0, 1, 2]);
+        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 3)]);
+    }
+}

@@ -1,0 +1,280 @@
+//! The poll thread: the one place that talks to librdkafka.
+//!
+//! It runs a loop, and each turn of it does, in order:
+//!
+//! 1. **Requests.** Applies the acknowledgements sent by `handle()`, stores the offsets that advanced,
+//!    and carries out `commit()` and `close()`.
+//! 2. **Back-pressure.** Pauses partitions whose undelivered queue is long, resumes those that drained.
+//! 3. **A batch.** Polls up to `consume_size - buffered` messages in one go (the first poll waits at most
+//!    100 ms, the rest do not wait), deserializes them and hands the batch to the delivery buffer with
+//!    one wake-up. Rebalance callbacks run inside these polls.
+//!
+//! The loop never waits for the reader. A slow reader makes the buffer fill up; then partitions are
+//! paused and the loop goes on polling, which is what keeps the member in the group: librdkafka leaves
+//! the group when `poll()` is not called for `max.poll.interval.ms`, and serves rebalances only inside
+//! `poll()`. A pause in librdkafka also discards what it had prefetched for the partition, and a resume
+//! fetches again from the message after the last one returned, so pausing never loses nor repeats a
+//! message.
+//!
+//! Errors: librdkafka retries transient errors itself (a broker down, a connection reset); they are
+//! logged and the loop goes on. A fatal error ends the loop: the stream's last item is
+//! [`ConsumerError::Fatal`].
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::acknowledgement::{Acknowledgement, Request};
+use super::context::{PolledConsumer, partition_list};
+use super::deserializer::Deserializer;
+use super::error::{ConsumerError, MessagePart};
+use super::message::{KafkaMessage, Origin, UndecodableMessage};
+use super::offsets::Epoch;
+
+/// What the stream yields.
+pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
+
+/// How long one poll waits for a first message while nothing is paused; also the longest delay before
+/// an acknowledgement reaches the offset store.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long it waits while partitions are paused, so that they resume soon after the reader catches up.
+const PAUSED_POLL: Duration = Duration::from_millis(10);
+
+pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
+    pub consumer: PolledConsumer<Item<K, V>>,
+    pub topic: Arc<str>,
+    pub consume_size: usize,
+    pub key_deserializer: Box<dyn Deserializer<K>>,
+    pub value_deserializer: Box<dyn Deserializer<V>>,
+    /// Cloned into every message, to acknowledge itself.
+    pub requests: Sender<Request>,
+}
+
+/// Why the loop stopped.
+enum Stop {
+    Close(oneshot::Sender<Result<(), ConsumerError>>),
+    Fatal(KafkaError),
+}
+
+impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
+    /// Runs until `close()` (or the consumer's `Drop`) asks it to stop, or a fatal error.
+    pub fn run(self) {
+        let stop = loop {
+            if let Some(stop) = self.serve_requests() {
+                break stop;
+            }
+            self.apply_back_pressure();
+            if let Err(fatal) = self.read_batch() {
+                break Stop::Fatal(fatal);
+            }
+        };
+        self.close(stop);
+    }
+
+    fn buffer(&self) -> &super::delivery_buffer::DeliveryBuffer<Item<K, V>> {
+        self.consumer.context().buffer()
+    }
+
+    /// Step 1. Returns `Some` when asked to close.
+    fn serve_requests(&self) -> Option<Stop> {
+        let context = self.consumer.context();
+        let mut state = context.state();
+        state.apply_acknowledgements();
+        state.store_offsets(&self.consumer, &self.topic);
+        for command in state.take_commands() {
+            match command {
+                Request::Commit(reply) => {
+                    let result = state
+                        .commit(&self.consumer, &self.topic, None)
+                        .map_err(ConsumerError::Commit);
+                    let _ = reply.send(result);
+                }
+                Request::Close(reply) => return Some(Stop::Close(reply)),
+                Request::Handled(_) => {} // Applied by `apply_acknowledgements`.
+            }
+        }
+        None
+    }
+
+    /// Step 2. A partition's fair share of the buffer is `consume_size / assigned partitions`; it is
+    /// paused at its share, or when the whole buffer is full, and resumed when its queue is down to half
+    /// its share and the buffer has room.
+    fn apply_back_pressure(&self) {
+        let mut state = self.consumer.context().state();
+        let assigned: Vec<i32> = state.offsets.assigned().collect();
+        if assigned.is_empty() {
+            return;
+        }
+        let share = (self.consume_size / assigned.len()).max(1);
+        let (total, lengths) = self.buffer().lengths();
+        let full = total >= self.consume_size;
+        let queued = |partition: &i32| lengths.get(partition).copied().unwrap_or(0);
+
+        let to_pause: Vec<(i32, i64)> = assigned
+            .iter()
+            .filter(|p| !state.paused.contains(p) && (full || queued(p) >= share))
+            .map(|&p| (p, 0))
+            .collect();
+        let to_resume: Vec<(i32, i64)> = assigned
+            .iter()
+            .filter(|p| state.paused.contains(p) && !full && queued(p) <= share / 2)
+            .map(|&p| (p, 0))
+            .collect();
+        if !to_pause.is_empty() {
+            match self.consumer.pause(&partition_list(&self.topic, &to_pause)) {
+                Ok(()) => state.paused.extend(to_pause.iter().map(|(p, _)| *p)),
+                Err(error) => warn!(topic = %self.topic, %error, "pausing partitions failed"),
+            }
+        }
+        if !to_resume.is_empty() {
+            match self.consumer.resume(&partition_list(&self.topic, &to_resume)) {
+                Ok(()) => {
+                    for (partition, _) in &to_resume {
+                        state.paused.remove(partition);
+                    }
+                }
+                Err(error) => warn!(topic = %self.topic, %error, "resuming partitions failed"),
+            }
+        }
+    }
+
+    /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
+    fn read_batch(&self) -> Result<(), KafkaError> {
+        let (buffered, _) = self.buffer().lengths();
+        // Even with a full buffer, poll once: that serves rebalances and heartbeats. Every partition is
+        // paused then, so at most a message librdkafka had already queued can arrive; it is kept.
+        let room = self.consume_size.saturating_sub(buffered).max(1);
+        let mut timeout = if self.consumer.context().state().paused.is_empty() {
+            IDLE_POLL
+        } else {
+            PAUSED_POLL
+        };
+        let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
+        while batch.len() < room {
+            let polled = self.consumer.poll(timeout);
+            timeout = Duration::ZERO;
+            match polled {
+                None => break,
+                Some(Ok(message)) => {
+                    if let Some(item) = self.receive(&message) {
+                        batch.push(item);
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    return Err(KafkaError::MessageConsumptionFatal(code));
+                }
+                Some(Err(error)) => {
+                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                        warn!(topic = %self.topic, %error, ?code, reason, "fatal error");
+                        return Err(KafkaError::MessageConsumptionFatal(code));
+                    }
+                    // Transient: librdkafka reconnects and retries by itself.
+                    warn!(topic = %self.topic, %error, "Kafka error; librdkafka retries");
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // A rebalance callback may have run between two polls of this batch: keep only the messages of
+        // partitions still assigned in the epoch they were received in.
+        let state = self.consumer.context().state();
+        let current = batch
+            .into_iter()
+            .filter(|(partition, epoch, _)| state.offsets.is_current(*partition, *epoch))
+            .map(|(partition, _, item)| (partition, item));
+        self.buffer().push_batch(current);
+        Ok(())
+    }
+
+    /// Registers a received message with the offset tracker and deserializes it.
+    fn receive(&self, message: &BorrowedMessage<'_>) -> Option<(i32, Epoch, Item<K, V>)> {
+        let (partition, offset) = (message.partition(), message.offset());
+        let epoch = self.consumer.context().state().offsets.deliver(partition, offset);
+        let Some(epoch) = epoch else {
+            debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
+            return None;
+        };
+        let origin = Origin {
+            topic: self.topic.clone(),
+            partition,
+            offset,
+            timestamp: message.timestamp(),
+            headers: message.headers().map(|headers| headers.detach()),
+        };
+        let acknowledgement = Acknowledgement::new(self.requests.clone(), partition, offset, epoch);
+        let key = self.key_deserializer.deserialize(message.key());
+        let value = self.value_deserializer.deserialize(message.payload());
+        let item = match (key, value) {
+            (Ok(key), Ok(value)) => Ok(KafkaMessage::new(key, value, origin, acknowledgement)),
+            (Err(error), _) => {
+                Err(self.undecodable(message, origin, MessagePart::Key, error, acknowledgement))
+            }
+            (_, Err(error)) => {
+                Err(self.undecodable(message, origin, MessagePart::Value, error, acknowledgement))
+            }
+        };
+        Some((partition, epoch, item))
+    }
+
+    fn undecodable(
+        &self,
+        message: &BorrowedMessage<'_>,
+        origin: Origin,
+        part: MessagePart,
+        error: super::error::DeserializeError,
+        acknowledgement: Acknowledgement,
+    ) -> ConsumerError {
+        let undecodable = UndecodableMessage::new(
+            origin,
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
+            part,
+            error,
+            acknowledgement,
+        );
+        warn!(%undecodable, "undecodable message");
+        ConsumerError::Undecodable(Box::new(undecodable))
+    }
+
+    /// Commits what was handled, ends the stream, and leaves the group.
+    fn close(self, stop: Stop) {
+        let commit = {
+            let mut state = self.consumer.context().state();
+            state.apply_acknowledgements();
+            state.store_offsets(&self.consumer, &self.topic);
+            let commit = state.commit(&self.consumer, &self.topic, None);
+            // Commands that came with or after the close: the consumer is closing, say so.
+            for command in state.take_commands() {
+                if let Request::Commit(reply) | Request::Close(reply) = command {
+                    let _ = reply.send(Err(ConsumerError::Closed));
+                }
+            }
+            commit
+        };
+        if let Err(error) = &commit {
+            warn!(topic = %self.topic, %error, "final commit failed");
+        }
+        let (last_words, reply) = match stop {
+            Stop::Close(reply) => (None, Some(reply)),
+            Stop::Fatal(error) => (Some(Err(ConsumerError::Fatal(error))), None),
+        };
+        self.buffer().finish(last_words);
+        // rdkafka 0.39's `BaseConsumer::drop` closes the consumer: it revokes the assignment (our
+        // callback finds nothing left to commit), sends LeaveGroup so the group rebalances at once, and
+        // polls until librdkafka reports the consumer closed.
+        drop(self.consumer);
+        debug!(topic = %self.topic, "consumer closed");
+        if let Some(reply) = reply {
+            let _ = reply.send(commit.map_err(ConsumerError::Commit));
+        }
+    }
+}
