@@ -6,7 +6,7 @@ use std::fmt;
 pub struct OrderId(i64);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("order id must be positive, got {0}")]
+#[error("must be positive, got {0}")]
 pub struct OrderIdError(pub i64);
 
 impl OrderId {

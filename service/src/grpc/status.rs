@@ -6,7 +6,7 @@ use crate::domain::{NewOrderError, OrderIdError, StatusError};
 use crate::storage::{StorageError, UpdateError};
 
 pub fn invalid_order_id(field: &str, error: OrderIdError) -> Status {
-    Status::invalid_argument(format!("{field}: {error}"))
+    Status::invalid_argument(format!("{field} {error}"))
 }
 
 pub fn invalid_status(error: StatusError) -> Status {

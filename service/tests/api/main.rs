@@ -1,0 +1,8 @@
+//! The orders service against real PostgreSQL, Redis and Kafka.
+
+mod cache_path;
+mod errors;
+mod faults;
+mod helpers;
+mod reflection;
+mod rpcs;

@@ -1,0 +1,175 @@
+//! Every RPC doing its job.
+
+use service::proto::orders::v1 as pb;
+
+use crate::helpers::{TestApp, TestEnv, create_order, create_request, set_status, shared_stack};
+
+#[tokio::test]
+async fn create_order_computes_the_amount_and_starts_at_version_1() {
+    let env = TestEnv::new(shared_stack().await).await;
+    let mut app = TestApp::spawn(&env).await;
+    let order = create_order(&mut app.client).await;
+    assert!(order.order_id > 0);
+    assert_eq!(order.client_id, 42);
+    assert_eq!(order.status, pb::OrderStatus::Created as i32);
+    assert_eq!(order.version, 1);
+    assert_eq!(order.items.len(), 2);
+    // 2 x 3.50 + 1 x 10.00
+    let amount = order.amount.expect("amount");
+    assert_eq!(
+        (amount.currency_code.as_str(), amount.units, amount.nanos),
+        ("EUR", 17, 0)
+    );
+    assert_eq!(order.created_at, order.updated_at);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_returns_the_first_order() {
+    let env = TestEnv::new(shared_stack().await).await;
+    let mut app = TestApp::spawn(&env).await;
+    let mut request = create_request(7);
+    request.idempotency_key = "checkout-123".into();
+    let first = app
+        .client
+        .create_order(request.clone())
+        .await
+        .expect("first")
+        .into_inner()
+        .order;
+    request.client_id = 8; // a retry may even differ: the key decides
+    let second = app
+        .client
+        .create_order(request)
+        .await
+        .expect("second")
+        .into_inner()
+        .order;
+    assert_eq!(first, second);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&env.pool())
+        .await
+        .expect("count");
+    assert_eq!(count, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn update_moves_along_the_line_and_returns_the_new_version() {
+    let env = TestEnv::new(shared_stack().await).await;
+    let mut app = TestApp::spawn(&env).await;
+    let order = create_order(&mut app.client).await;
+    let paid = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
+    assert_eq!((paid.status, paid.version), (pb::OrderStatus::Paid as i32, 2));
+    let instant = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    assert!(instant(paid.updated_at) > instant(order.updated_at));
+    let boxing = app
+        .client
+        .update_order_status(pb::UpdateOrderStatusRequest {
+            order_id: order.order_id,
+            status: pb::OrderStatus::Boxing.into(),
+            expected_version: Some(2),
+        })
+        .await
+        .expect("update with the right expected_version")
+        .into_inner()
+        .order
+        .expect("order");
+    assert_eq!(boxing.version, 3);
+    let cancelled = set_status(&mut app.client, order.order_id, pb::OrderStatus::Cancelled).await;
+    assert_eq!(cancelled.version, 4);
+    let history: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, status FROM order_versions WHERE order_id = $1 ORDER BY version")
+            .bind(order.order_id)
+            .fetch_all(&env.pool())
+            .await
+            .expect("history");
+    let expected = [(1, "CREATED"), (2, "PAID"), (3, "BOXING"), (4, "CANCELLED")];
+    assert_eq!(history, expected.map(|(v, s)| (v, s.to_string())));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn setting_the_current_status_again_changes_nothing() {
+    let env = TestEnv::new(shared_stack().await).await;
+    // Only the API: every event stays in the outbox, so it can be counted.
+    let mut app = TestApp::spawn_with(&env, &[service::config::Component::Api], Default::default()).await;
+    let order = create_order(&mut app.client).await;
+    let paid = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
+    let again = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
+    assert_eq!(again, paid, "no new version, no new timestamp");
+    assert_eq!(
+        crate::helpers::outbox_backlog(&env).await,
+        2,
+        "events of versions 1 and 2 only"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn get_orders_answers_in_request_order_and_lists_the_missing() {
+    let env = TestEnv::new(shared_stack().await).await;
+    let mut app = TestApp::spawn(&env).await;
+    let a = create_order(&mut app.client).await;
+    let b = create_order(&mut app.client).await;
+    let missing = b.order_id + 1000;
+    let response = app
+        .client
+        .get_orders(pb::GetOrdersRequest {
+            order_ids: vec![b.order_id, missing, a.order_id, b.order_id],
+        })
+        .await
+        .expect("GetOrders")
+        .into_inner();
+    let ids: Vec<i64> = response.orders.iter().map(|o| o.order_id).collect();
+    assert_eq!(ids, vec![b.order_id, a.order_id], "request order, each id once");
+    assert_eq!(response.not_found_ids, vec![missing]);
+    assert_eq!(response.orders[1], a);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_with_min_version_never_returns_an_older_version() {
+    let env = TestEnv::new(shared_stack().await).await;
+    let mut app = TestApp::spawn(&env).await;
+    let order = create_order(&mut app.client).await;
+    crate::helpers::wait_for_cache(
+        &mut app.client,
+        order.order_id,
+        1,
+        std::time::Duration::from_secs(20),
+    )
+    .await
+    .expect("version 1 cached");
+    app.stop().await;
+
+    // With no relay and no updater, the cache keeps version 1 while the database moves to version 2.
+    let mut api = TestApp::spawn_with(&env, &[service::config::Component::Api], Default::default()).await;
+    let paid = set_status(&mut api.client, order.order_id, pb::OrderStatus::Paid).await;
+    let read = |min_version| pb::GetOrderRequest {
+        order_id: order.order_id,
+        min_version,
+    };
+    let stale = api
+        .client
+        .get_order(read(0))
+        .await
+        .expect("GetOrder")
+        .into_inner();
+    assert_eq!(stale.source, pb::Source::Cache as i32);
+    assert_eq!(stale.order.expect("order").version, 1, "the cache is behind");
+
+    let fresh = api
+        .client
+        .get_order(read(paid.version))
+        .await
+        .expect("GetOrder")
+        .into_inner();
+    assert_eq!(
+        fresh.source,
+        pb::Source::Database as i32,
+        "an older cached copy is bypassed"
+    );
+    assert_eq!(fresh.order.expect("order"), paid);
+    api.stop().await;
+}
