@@ -1,7 +1,44 @@
 #!/usr/bin/env bash
-# The run command of the README: installs what is missing, then starts PostgreSQL, Redis and Kafka as
-# local processes and prints their endpoints; Ctrl-C stops everything.
+# The run command of the README: installs what is missing, starts PostgreSQL, Redis and Kafka as local
+# processes (harness `stack up`), then the orders service on them, in the foreground. Ctrl-C stops both.
+#
+#   GRPC_ADDR     (default 127.0.0.1:50051)   where the gRPC API listens
+#   METRICS_ADDR  (default 127.0.0.1:9464)    Prometheus metrics at /metrics
+#   RUST_LOG      (default info)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash ci/setup.sh
-exec cargo run -q -p harness --bin stack -- up "$@"
+cargo build -q -p harness --bin stack -p service --bin orders-service
+
+endpoints="$(mktemp)"
+# A session of its own: Ctrl-C goes to the service only; the stack stops after it (see cleanup).
+setsid ./target/debug/stack up >"$endpoints" &
+stack_pid=$!
+cleanup() {
+  kill -TERM "$stack_pid" 2>/dev/null || true
+  wait "$stack_pid" 2>/dev/null || true
+  rm -f "$endpoints"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 600); do
+  grep -qx ready "$endpoints" && break
+  kill -0 "$stack_pid" 2>/dev/null || { echo "run: the stack did not start" >&2; exit 1; }
+  sleep 0.2
+done
+grep -qx ready "$endpoints" || { echo "run: the stack was not ready within 120 s" >&2; exit 1; }
+eval "$(grep '^export ' "$endpoints")"
+export GRPC_ADDR="${GRPC_ADDR:-127.0.0.1:50051}" METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}"
+
+echo "run: stack ready; to reach it from another shell:"
+grep '^export ' "$endpoints" | sed 's/^/  /'
+echo "run: orders-service on $GRPC_ADDR (metrics on http://$METRICS_ADDR/metrics); Ctrl-C stops everything"
+./target/debug/orders-service &
+service_pid=$!
+# Ctrl-C in a terminal reaches every process of the group; a signal sent to this script alone (kill,
+# timeout) is passed on, so the service shuts down gracefully either way, then the stack.
+trap 'kill -TERM "$service_pid" 2>/dev/null || true' INT TERM
+status=0
+wait "$service_pid" || status=$?
+if kill -0 "$service_pid" 2>/dev/null; then wait "$service_pid" || status=$?; fi
+exit "$status"
