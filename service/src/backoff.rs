@@ -13,7 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The delay before the next attempt.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let delay = FIRST * 2u32.saturating_pow(self.attempt.min(6));
         self.attempt += 1;
         delay.min(CAP)
@@ -32,9 +32,9 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_and_resets() {
         let mut backoff = Backoff::default();
-        let delays: Vec<u64> = (0..8).map(|_| backoff.next().as_millis() as u64).collect();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.next_delay().as_millis() as u64).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         backoff.reset();
-        assert_eq!(backoff.next(), FIRST);
+        assert_eq!(backoff.next_delay(), FIRST);
     }
 }

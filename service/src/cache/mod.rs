@@ -71,7 +71,7 @@ pub enum Write {
 pub enum WriteMode {
     #[default]
     CompareAndSet,
-    #[doc(hidden)]
+    /// Testing only: a blind `SET`, the naive design's bug.
     Unchecked,
 }
 

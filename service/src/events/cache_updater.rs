@@ -190,7 +190,7 @@ impl CacheUpdater {
                     tokio::select! {
                         // Not handled: the next owner of these partitions gets them again.
                         _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }
@@ -259,7 +259,7 @@ impl CacheUpdater {
                     tracing::warn!(%error, "dead-letter publish failed; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff.next()) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }
             }

@@ -82,7 +82,7 @@ impl OutboxRelay {
                     tracing::warn!(%error, "outbox relay round failed; the events stay in the outbox");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(backoff.next()) => continue,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
                     }
                 }
             }
