@@ -19,6 +19,10 @@ use crate::telemetry::metrics;
 pub struct OrderReader {
     storage: Storage,
     cache: OrderCache,
+    /// The cache that misses are filled through: `cache` itself, but for the blind-fill fault.
+    fill: OrderCache,
+    /// Zero but in tests (see [`crate::faults::TestFaults::fill_delay`]).
+    fill_delay: std::time::Duration,
 }
 
 /// An order and where it was read from.
@@ -30,7 +34,19 @@ pub struct Read {
 
 impl OrderReader {
     pub fn new(storage: Storage, cache: OrderCache) -> Self {
-        Self { storage, cache }
+        Self {
+            storage,
+            fill: cache.clone(),
+            cache,
+            fill_delay: std::time::Duration::ZERO,
+        }
+    }
+
+    /// **Testing only**: fill misses through `fill`, after `delay`.
+    pub fn with_fill(mut self, fill: OrderCache, delay: std::time::Duration) -> Self {
+        self.fill = fill;
+        self.fill_delay = delay;
+        self
     }
 
     /// One order, from the cache if it holds `min_version` or newer.
@@ -99,7 +115,10 @@ impl OrderReader {
             .iter()
             .map(pb::Order::from)
             .collect();
-        if let Err(error) = self.cache.put_many_if_newer(&from_database).await {
+        if !self.fill_delay.is_zero() {
+            tokio::time::sleep(self.fill_delay).await;
+        }
+        if let Err(error) = self.fill.put_many_if_newer(&from_database).await {
             tracing::debug!(%error, "could not fill the cache");
         }
         for order in from_database {

@@ -16,6 +16,8 @@ use crate::config::{Component, Settings};
 use crate::events::cache_updater::CacheUpdater;
 use crate::events::outbox_relay::OutboxRelay;
 use crate::events::topics;
+pub use crate::faults::TestFaults;
+use crate::faults::{AfterCommitPublisher, PublishMode};
 use crate::grpc::{self, AuthToken, OrdersApi, health::HealthMonitor};
 use crate::reads::OrderReader;
 use crate::storage::{self, Storage, StorageError};
@@ -44,18 +46,13 @@ pub enum StartupError {
     Updater(#[from] crate::events::cache_updater::UpdaterError),
 }
 
-/// Behaviour switches that only tests use, to prove the consistency checks catch known bugs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TestFaults {
-    pub cache_write: WriteMode,
-}
-
 pub struct Application {
     settings: Settings,
     components: Vec<Component>,
     storage: Storage,
     cache: OrderCache,
     listener: Option<TcpListener>,
+    faults: TestFaults,
 }
 
 impl Application {
@@ -70,7 +67,11 @@ impl Application {
     ) -> Result<Self, StartupError> {
         let storage = Storage::connect_lazy(&settings.database_url, settings.database_pool_size)?;
         migrate_when_ready(&storage).await?;
-        let cache = OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl(), faults.cache_write)?;
+        let cache = OrderCache::connect_lazy(
+            &settings.redis_url,
+            settings.cache_ttl(),
+            WriteMode::CompareAndSet,
+        )?;
         if let Err(error) = topics::ensure(
             &settings.kafka_brokers,
             &[&settings.orders_topic, &settings.dead_letter_topic()],
@@ -95,6 +96,7 @@ impl Application {
             storage,
             cache,
             listener,
+            faults,
         })
     }
 
@@ -109,14 +111,22 @@ impl Application {
 
     /// Runs every configured part until `shutdown`; if one part fails, the others are stopped too and
     /// the first error is returned.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let mut parts: JoinSet<Result<&'static str, StartupError>> = JoinSet::new();
         let settings = &self.settings;
 
-        if let Some(listener) = self.listener {
+        if let Some(listener) = self.listener.take() {
             let auth = settings.auth_token.clone().and_then(AuthToken::new);
-            let reader = OrderReader::new(self.storage.clone(), self.cache.clone());
-            let api = OrdersApi::new(self.storage.clone(), reader, auth);
+            let fill = self.cache_with(self.faults.fill_write)?;
+            let reader = OrderReader::new(self.storage.clone(), self.cache.clone())
+                .with_fill(fill, self.faults.fill_delay);
+            let mut api = OrdersApi::new(self.storage.clone(), reader, auth);
+            if self.faults.publish == PublishMode::AfterCommit {
+                api = api.publishing_after_commit(AfterCommitPublisher {
+                    producer: topics::producer(&settings.kafka_brokers)?,
+                    topic: settings.orders_topic.clone(),
+                });
+            }
             let (reporter, health) = grpc::health();
             let monitor = HealthMonitor {
                 reporter,
@@ -136,7 +146,7 @@ impl Application {
                 Ok("api")
             });
         }
-        if self.components.contains(&Component::Relay) {
+        if self.components.contains(&Component::Relay) && self.faults.publish == PublishMode::Outbox {
             let relay = OutboxRelay::new(
                 self.storage.clone(),
                 topics::producer(&settings.kafka_brokers)?,
@@ -156,9 +166,10 @@ impl Application {
                 &settings.orders_topic,
                 &settings.updater_assignment,
                 batch,
+                self.faults.offset_policy,
             )?;
             let updater = CacheUpdater::new(
-                self.cache.clone(),
+                self.cache_with(self.faults.updater_write)?,
                 topics::producer(&settings.kafka_brokers)?,
                 settings.dead_letter_topic(),
                 batch,
@@ -189,6 +200,18 @@ impl Application {
             Some(error) => Err(error),
             None => Ok(()),
         }
+    }
+}
+
+impl Application {
+    /// The cache, or a copy of it writing in `mode` (a fault).
+    fn cache_with(&self, mode: WriteMode) -> Result<OrderCache, StartupError> {
+        Ok(match mode {
+            WriteMode::CompareAndSet => self.cache.clone(),
+            WriteMode::Unchecked => {
+                OrderCache::connect_lazy(&self.settings.redis_url, self.settings.cache_ttl(), mode)?
+            }
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::cache::{OrderCache, Write};
-use crate::kafka::{ChannelConsumer, ConsumerError, KafkaMessage, Protobuf};
+use crate::kafka::{ChannelConsumer, ConsumerError, KafkaMessage, OffsetPolicy, Protobuf};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::metrics;
 
@@ -81,6 +81,7 @@ impl CacheUpdater {
         topic: &str,
         assignment: &str,
         batch_size: usize,
+        offset_policy: OffsetPolicy,
     ) -> Result<EventConsumer, ConsumerError> {
         let mut config = ClientConfig::new();
         config
@@ -99,13 +100,11 @@ impl CacheUpdater {
                 .set("session.timeout.ms", "10000")
                 .set("heartbeat.interval.ms", "1000");
         }
-        ChannelConsumer::new(
-            config,
-            topic,
-            batch_size,
-            None,
-            Some(Box::new(Protobuf::<pb::OrderEvent>::new())),
-        )
+        ChannelConsumer::builder(config, topic)
+            .consume_size(batch_size)
+            .value_deserializer(Protobuf::<pb::OrderEvent>::new())
+            .offset_policy(offset_policy)
+            .build()
     }
 
     /// Applies events until `shutdown` or a fatal consumer error. Dropping the stream at the end closes

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use super::auth::AuthToken;
 use super::status;
 use crate::domain::{NewOrder, OrderId, OrderStatus};
+use crate::faults::AfterCommitPublisher;
 use crate::proto::orders::v1::{self as pb, order_service_server::OrderService};
 use crate::reads::OrderReader;
 use crate::storage::Storage;
@@ -17,6 +18,8 @@ pub struct OrdersApi {
     storage: Storage,
     reader: OrderReader,
     auth: Option<AuthToken>,
+    /// Only in the commit-then-produce fault: publishes after the commit instead of the outbox.
+    after_commit: Option<AfterCommitPublisher>,
 }
 
 impl OrdersApi {
@@ -25,7 +28,15 @@ impl OrdersApi {
             storage,
             reader,
             auth,
+            after_commit: None,
         }
+    }
+
+    /// **Testing only**: the naive design's publishing (see [`crate::faults::PublishMode`]).
+    pub fn publishing_after_commit(mut self, publisher: AfterCommitPublisher) -> Self {
+        self.storage = self.storage.without_outbox();
+        self.after_commit = Some(publisher);
+        self
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -132,6 +143,9 @@ impl OrderService for OrdersApi {
             .update_status(id, to, request.expected_version)
             .await
             .map_err(status::update)?;
+        if let (Some(publisher), true) = (&self.after_commit, change.changed) {
+            publisher.publish(&change.order).await;
+        }
         Ok(Response::new(pb::UpdateOrderStatusResponse {
             order: Some((&change.order).into()),
         }))

@@ -52,7 +52,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
     ///   librdkafka commits the stored offsets every `auto.commit.interval.ms`, with `false` they are
     ///   committed by [`commit`](Self::commit), on revocation and on close.
     /// * `consume_size` is the most messages read from librdkafka in one go, and the size of the
-    ///   internal buffer.
+    ///   internal buffer (which may briefly hold more, under twice that, see the module documentation).
     /// * `None` for a deserializer picks the default one for the type, or fails with
     ///   [`ConsumerError::NoDefaultDeserializer`] if there is none.
     pub fn new(

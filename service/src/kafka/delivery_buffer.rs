@@ -11,15 +11,18 @@
 //!   never hands out a message of a partition this consumer no longer owns (its new owner reads it).
 //!
 //! The buffer does not bound itself: the poll thread reads at most `consume_size` messages into it and
-//! pauses partitions whose queues are long (see `poll_loop`), which bounds it without ever blocking.
+//! pauses partitions when the reader falls behind (see `poll_loop`), which bounds it without blocking.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 pub(crate) struct DeliveryBuffer<T> {
     inner: Mutex<Inner<T>>,
+    /// Signalled when the reader takes an item, for [`wait_below`](DeliveryBuffer::wait_below).
+    taken: Condvar,
 }
 
 struct Inner<T> {
@@ -45,6 +48,7 @@ impl<T> DeliveryBuffer<T> {
                 last_words: None,
                 finished: false,
             }),
+            taken: Condvar::new(),
         }
     }
 
@@ -94,6 +98,25 @@ impl<T> DeliveryBuffer<T> {
         (inner.len, per_partition)
     }
 
+    /// Waits up to `grace` for the reader to bring the buffer below `limit` items; returns the number of
+    /// items then. The poll thread calls it before deciding that the reader is slow.
+    pub fn wait_below(&self, limit: usize, grace: Duration) -> usize {
+        let deadline = Instant::now() + grace;
+        let mut inner = self.lock();
+        while inner.len >= limit && !inner.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            inner = self
+                .taken
+                .wait_timeout(inner, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        }
+        inner.len
+    }
+
     /// Ends the stream: `last_words` (if any) is the next item, then `None`; buffered items are dropped,
     /// as the consumer that could have committed them is gone.
     pub fn finish(&self, last_words: Option<T>) {
@@ -133,6 +156,8 @@ impl<T> DeliveryBuffer<T> {
         match item {
             Some(item) => {
                 inner.len -= 1;
+                drop(inner);
+                self.taken.notify_one();
                 Poll::Ready(Some(item))
             }
             None => {
@@ -189,6 +214,30 @@ mod tests {
         assert_eq!(buffer.remove_partition(1), 2);
         assert_eq!(buffer.lengths().0, 1);
         assert_eq!(take_all(&buffer), ["a0"]);
+    }
+
+    #[test]
+    fn waiting_for_room_returns_at_once_or_after_the_grace() {
+        let buffer = DeliveryBuffer::new();
+        buffer.push_batch([(0, "a0"), (0, "a1")]);
+        assert_eq!(
+            buffer.wait_below(3, Duration::from_secs(10)),
+            2,
+            "already below: no wait"
+        );
+        let started = Instant::now();
+        assert_eq!(buffer.wait_below(2, Duration::from_millis(20)), 2);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                take_all(&buffer);
+            });
+            assert!(
+                buffer.wait_below(2, Duration::from_secs(10)) < 2,
+                "woken by the reader"
+            );
+        });
     }
 
     #[test]

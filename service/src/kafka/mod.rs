@@ -67,7 +67,10 @@
 //!   delivered before it from its partition, was handled. Whatever was not handled is delivered again
 //!   after a restart or a rebalance, to this consumer or to another member of the group.
 //! * **Order.** Within one partition, messages come in offset order. Across partitions there is no order;
-//!   partitions are served in turn, so none starves while another has a backlog. A partition's order
+//!   none starves while another has a backlog: buffered messages are handed out from the partitions in
+//!   turn, and when the reader falls behind, the partitions holding more than their share of the buffer
+//!   are paused so that the others still get in. (A reader that keeps up gets messages in librdkafka's
+//!   fetch order, which interleaves the partitions fetch by fetch.) A partition's order
 //!   restarts only when it is reassigned: [`KafkaMessage::assignment_epoch`] tells the assignments apart.
 //! * **Out-of-order handling is safe.** Per partition the consumer stores offset + 1 of the last message
 //!   of the longest *handled prefix* of what it delivered. "Prefix" follows delivery, not offset
@@ -79,10 +82,11 @@
 //!   dropped (the next owner reads them); `handle()` on a message of a partition no longer owned does
 //!   nothing. Newly assigned partitions start at their committed offsets. A *lost* assignment (this
 //!   member was timed out) commits nothing, since the partitions may already be someone else's.
-//! * **Back-pressure without leaving the group.** At most `consume_size` messages are read in one go and
-//!   buffered. When the reader is slow, the consumer pauses partitions instead of blocking, and keeps
-//!   polling Kafka, so heartbeats and rebalances are served and `max.poll.interval.ms` is never exceeded
-//!   because of a slow reader.
+//! * **Back-pressure without leaving the group.** At most `consume_size` messages are read in one go,
+//!   and about `consume_size` are buffered (never twice that: partitions below their fair share may top
+//!   up a full buffer, for fairness). When the reader is slow, the consumer pauses partitions instead of
+//!   blocking, and keeps polling Kafka, so heartbeats and rebalances are served and
+//!   `max.poll.interval.ms` is never exceeded because of a slow reader.
 //! * **Errors.** Deserialization failures are items, as above. Transient broker errors are logged
 //!   (`tracing`) and retried by librdkafka. A fatal error is the stream's last item,
 //!   [`ConsumerError::Fatal`].

@@ -4,7 +4,8 @@
 //!
 //! 1. **Requests.** Applies the acknowledgements sent by `handle()`, stores the offsets that advanced,
 //!    and carries out `commit()` and `close()`.
-//! 2. **Back-pressure.** Pauses partitions whose undelivered queue is long, resumes those that drained.
+//! 2. **Back-pressure.** If the reader is behind, pauses the partitions holding more than their share of
+//!    the buffer; resumes them once it has caught up.
 //! 3. **A batch.** Polls up to `consume_size - buffered` messages in one go (the first poll waits at most
 //!    100 ms, the rest do not wait), deserializes them and hands the batch to the delivery buffer with
 //!    one wake-up. Rebalance callbacks run inside these polls.
@@ -46,6 +47,9 @@ pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long it waits while partitions are paused, so that they resume soon after the reader catches up.
 const PAUSED_POLL: Duration = Duration::from_millis(10);
+/// How long a full buffer may wait for the reader before partitions are paused: a reader that keeps up
+/// takes a batch in far less, and this is nothing next to `max.poll.interval.ms`.
+const READER_GRACE: Duration = Duration::from_millis(5);
 
 pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     pub consumer: PolledConsumer<Item<K, V>>,
@@ -103,28 +107,37 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         None
     }
 
-    /// Step 2. A partition's fair share of the buffer is `consume_size / assigned partitions`; it is
-    /// paused at its share, or when the whole buffer is full, and resumed when its queue is down to half
-    /// its share and the buffer has room.
+    /// Step 2. Pauses partitions when the reader is behind, resumes them when it has caught up.
+    ///
+    /// Pausing is not free: librdkafka drops what it prefetched for the partition and, on resume, fetches
+    /// it again, after the fetch in flight (which the broker may hold for `fetch.wait.max.ms` when the
+    /// other partitions are idle). So the consumer pauses only when the reader really is behind: the
+    /// buffer is still full after a short grace. It then pauses the partitions at or over their fair
+    /// share (`consume_size / assigned partitions`; a full buffer has at least one), so that a partition
+    /// with a backlog cannot keep the others out: they may still fill up to their share, which is why the
+    /// buffer can exceed `consume_size` (it stays under twice that). Paused partitions resume once the
+    /// buffer is down to half and theirs to half a share, so each pause moves many messages.
     fn apply_back_pressure(&self) {
+        let total = self.buffer().wait_below(self.consume_size, READER_GRACE);
         let mut state = self.consumer.context().state();
         let assigned: Vec<i32> = state.offsets.assigned().collect();
         if assigned.is_empty() {
             return;
         }
         let share = (self.consume_size / assigned.len()).max(1);
-        let (total, lengths) = self.buffer().lengths();
-        let full = total >= self.consume_size;
+        let (_, lengths) = self.buffer().lengths();
         let queued = |partition: &i32| lengths.get(partition).copied().unwrap_or(0);
+        let full = total >= self.consume_size;
+        let drained = total <= self.consume_size / 2;
 
         let to_pause: Vec<(i32, i64)> = assigned
             .iter()
-            .filter(|p| !state.paused.contains(p) && (full || queued(p) >= share))
+            .filter(|p| full && !state.paused.contains(p))
             .map(|&p| (p, 0))
             .collect();
         let to_resume: Vec<(i32, i64)> = assigned
             .iter()
-            .filter(|p| state.paused.contains(p) && !full && queued(p) <= share / 2)
+            .filter(|p| drained && state.paused.contains(p) && queued(p) <= share / 2)
             .map(|&p| (p, 0))
             .collect();
         if !to_pause.is_empty() {
@@ -148,8 +161,8 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
     fn read_batch(&self) -> Result<(), KafkaError> {
         let (buffered, _) = self.buffer().lengths();
-        // Even with a full buffer, poll once: that serves rebalances and heartbeats. Every partition is
-        // paused then, so at most a message librdkafka had already queued can arrive; it is kept.
+        // Even with a full buffer, poll: that serves rebalances and heartbeats. The partitions over their
+        // share are paused then; a message of another one may arrive, and is kept (see step 2).
         let room = self.consume_size.saturating_sub(buffered).max(1);
         let mut timeout = if self.consumer.context().state().paused.is_empty() {
             IDLE_POLL

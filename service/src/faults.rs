@@ -1,0 +1,87 @@
+//! Fault injection: deliberately broken variants of the service, for tests only.
+//!
+//! The consistency harness must prove that its checker catches the weak spots of the naive design, so
+//! each one can be switched back on here: a blind cache write in the updater, a blind fill on a read
+//! miss, commit-then-produce without the outbox, and offsets stored on receipt. Nothing in the service
+//! selects them; `TestFaults::default()` is the correct service. They are runtime settings, not cargo
+//! features, because features are unified across a workspace and would leak into every test binary.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::cache::WriteMode;
+use crate::domain::Order;
+use crate::events;
+pub use crate::kafka::OffsetPolicy;
+
+/// Where events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishMode {
+    /// The transactional outbox and its relay (correct).
+    #[default]
+    Outbox,
+    /// Broken: commit, then produce from the request handler; an event is lost if the process dies or
+    /// Kafka is unreachable between the two.
+    AfterCommit,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TestFaults {
+    /// How the cache updater writes to Redis.
+    pub updater_write: WriteMode,
+    /// How reads fill a cache miss.
+    pub fill_write: WriteMode,
+    pub publish: PublishMode,
+    /// When the updater's consumer stores offsets.
+    pub offset_policy: OffsetPolicy,
+    /// A pause between a read's database query and its cache fill. It widens the read-through race so
+    /// that tests meet it often; the correct service stays consistent with any delay.
+    pub fill_delay: Duration,
+}
+
+impl TestFaults {
+    /// The names the harness's command-line uses.
+    pub const VARIANTS: [&'static str; 4] = [
+        "blind-cache-write",
+        "commit-then-produce",
+        "blind-fill",
+        "store-on-receipt",
+    ];
+
+    /// One named broken variant (see [`VARIANTS`](Self::VARIANTS)).
+    pub fn variant(name: &str) -> Option<Self> {
+        let mut faults = Self::default();
+        match name {
+            "blind-cache-write" => faults.updater_write = WriteMode::Unchecked,
+            "commit-then-produce" => faults.publish = PublishMode::AfterCommit,
+            "blind-fill" => {
+                faults.fill_write = WriteMode::Unchecked;
+                faults.fill_delay = Duration::from_millis(20);
+            }
+            "store-on-receipt" => faults.offset_policy = OffsetPolicy::StoreOnReceipt,
+            "none" => {}
+            _ => return None,
+        }
+        Some(faults)
+    }
+}
+
+/// The naive design's publisher: produce after the commit, once, and forget on failure.
+#[derive(Clone)]
+pub struct AfterCommitPublisher {
+    pub producer: FutureProducer,
+    pub topic: String,
+}
+
+impl AfterCommitPublisher {
+    pub async fn publish(&self, order: &Order) {
+        let event = events::order_event(order, uuid::Uuid::now_v7());
+        let payload = prost::Message::encode_to_vec(&event);
+        let key = order.id.to_key();
+        let record = FutureRecord::to(&self.topic).key(&key[..]).payload(&payload);
+        if let Err((error, _)) = self.producer.send(record, Duration::from_secs(2)).await {
+            tracing::warn!(%error, order_id = %order.id, "event lost: produce after commit failed");
+        }
+    }
+}
