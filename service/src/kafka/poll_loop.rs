@@ -132,7 +132,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
 
         let to_pause: Vec<(i32, i64)> = assigned
             .iter()
-            .filter(|p| full && !state.paused.contains(p))
+            .filter(|p| full && !state.paused.contains(p) && queued(p) >= share)
             .map(|&p| (p, 0))
             .collect();
         let to_resume: Vec<(i32, i64)> = assigned
