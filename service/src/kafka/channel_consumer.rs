@@ -277,3 +277,50 @@ fn deserializer_or_default<T: 'static>(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "unit");
+        config
+    }
+
+    #[derive(Debug)]
+    struct NoDefault;
+
+    #[test]
+    fn a_type_without_a_default_deserializer_is_refused_at_construction() {
+        let built = ChannelConsumer::<NoDefault, String>::new(config(), "t", 10, None, None);
+        assert!(matches!(
+            built,
+            Err(ConsumerError::NoDefaultDeserializer { part: MessagePart::Key, type_name })
+                if type_name.ends_with("NoDefault")
+        ));
+        let built = ChannelConsumer::<i64, NoDefault>::new(config(), "t", 10, None, None);
+        assert!(matches!(
+            built,
+            Err(ConsumerError::NoDefaultDeserializer {
+                part: MessagePart::Value,
+                ..
+            })
+        ));
+        let explicit = |_: Option<&[u8]>| Ok(NoDefault);
+        let built = ChannelConsumer::<i64, NoDefault>::new(config(), "t", 10, None, Some(Box::new(explicit)));
+        assert!(built.is_ok(), "an explicit deserializer makes any type readable");
+    }
+
+    #[test]
+    fn settings_it_cannot_work_with_are_refused() {
+        let built = ChannelConsumer::<i64, String>::new(config(), "t", 0, None, None);
+        assert!(matches!(built, Err(ConsumerError::InvalidConfig(_))));
+        let mut no_group = ClientConfig::new();
+        no_group.set("bootstrap.servers", "127.0.0.1:1");
+        let built = ChannelConsumer::<i64, String>::new(no_group, "t", 10, None, None);
+        assert!(matches!(built, Err(ConsumerError::InvalidConfig(_))));
+    }
+}

@@ -189,8 +189,9 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                         warn!(topic = %self.topic, %error, ?code, reason, "fatal error");
                         return Err(KafkaError::MessageConsumptionFatal(code));
                     }
-                    // Transient: librdkafka reconnects and retries by itself.
-                    warn!(topic = %self.topic, %error, "Kafka error; librdkafka retries");
+                    // Transient: librdkafka reconnects and retries by itself. It reports the same error to
+                    // the context's error callback too, which logs it at warn level; here it is detail.
+                    debug!(topic = %self.topic, %error, "Kafka error; librdkafka retries");
                 }
             }
         }
