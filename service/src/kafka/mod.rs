@@ -25,7 +25,8 @@
 //!
 //! let consumer = ChannelConsumer::<i64, String>::new(config, "topic_name", 1000, None, None)?;
 //!
-//! let mut batches = consumer.chunks_timeout(1000, Duration::from_millis(10));
+//! // `chunks_timeout` holds a timer, so the adapter must be pinned before `next()`.
+//! let mut batches = std::pin::pin!(consumer.chunks_timeout(1000, Duration::from_millis(10)));
 //! while let Some(batch) = batches.next().await {
 //!     for message in batch {
 //!         let message = message?;
