@@ -40,7 +40,10 @@ async fn produce(brokers: &str, topic: &str, count: usize, tag: &str) {
         let key = i.to_string();
         let payload = format!("{tag}-{i}");
         producer
-            .send(FutureRecord::to(topic).key(&key).payload(&payload), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&payload),
+                Duration::from_secs(30),
+            )
             .await
             .unwrap_or_else(|(e, _)| panic!("produce {payload}: {e}"));
     }
@@ -70,13 +73,19 @@ async fn consume(brokers: &str, topic: &str, group: &str, count: usize) -> Vec<(
 #[tokio::test]
 async fn postgres_answers_a_sql_round_trip() {
     let stack = local_stack().await;
-    let url = stack.create_database("round_trip").await.expect("create database");
+    let url = stack
+        .create_database("round_trip")
+        .await
+        .expect("create database");
     let pool = sqlx::PgPool::connect(&url).await.expect("connect");
     sqlx::query("CREATE TABLE t (id int PRIMARY KEY, name text)")
         .execute(&pool)
         .await
         .expect("create table");
-    sqlx::query("INSERT INTO t VALUES (1, 'one')").execute(&pool).await.expect("insert");
+    sqlx::query("INSERT INTO t VALUES (1, 'one')")
+        .execute(&pool)
+        .await
+        .expect("insert");
     let name: String = sqlx::query_scalar("SELECT name FROM t WHERE id = 1")
         .fetch_one(&pool)
         .await
@@ -94,7 +103,10 @@ async fn redis_sets_gets_and_restart_wipes_it() {
     assert_eq!(value, "hello");
 
     stack.restart(Service::Redis).await.expect("restart redis");
-    let mut redis = client.get_multiplexed_async_connection().await.expect("reconnect");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("reconnect");
     let value: Option<String> = redis.get("greeting").await.expect("GET after restart");
     assert_eq!(value, None, "a restarted Redis starts empty");
 }
@@ -120,7 +132,10 @@ async fn kafka_killed_and_restarted_keeps_its_data() {
     produce(stack.kafka_brokers(), TOPIC, 30, "before").await;
     let pid_before = stack.pids();
     stack.kill(Service::Kafka(0)).await.expect("kill -9 kafka");
-    stack.start_service(Service::Kafka(0)).await.expect("restart kafka");
+    stack
+        .start_service(Service::Kafka(0))
+        .await
+        .expect("restart kafka");
     assert_ne!(stack.pids(), pid_before, "a new Kafka process runs");
     let seen = consume(stack.kafka_brokers(), TOPIC, "after-restart", 30).await;
     assert!(seen.iter().all(|(_, p)| p.starts_with("before-")));
@@ -132,13 +147,19 @@ async fn dropping_the_stack_leaves_no_process_and_no_directory() {
     let stack = local_stack().await;
     let pids = stack.pids();
     assert_eq!(pids.len(), 3, "postgres, redis and one kafka node");
-    let directory = stack.directory().expect("local backend has a directory").to_path_buf();
+    let directory = stack
+        .directory()
+        .expect("local backend has a directory")
+        .to_path_buf();
     for pid in &pids {
         assert!(process_exists(*pid), "pid {pid} runs while the stack lives");
     }
     drop(stack);
     for pid in &pids {
-        assert!(!process_exists(*pid), "pid {pid} still runs after the stack was dropped");
+        assert!(
+            !process_exists(*pid),
+            "pid {pid} still runs after the stack was dropped"
+        );
     }
     assert!(!directory.exists(), "{} is left behind", directory.display());
 }
@@ -148,10 +169,16 @@ async fn a_paused_redis_answers_nothing_until_resumed() {
     let stack = local_stack().await;
     stack.pause(Service::Redis).await.expect("pause");
     let client = redis::Client::open(stack.redis_url()).expect("redis url");
-    let attempt = tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection());
+    let attempt = tokio::time::timeout(
+        Duration::from_millis(500),
+        client.get_multiplexed_async_connection(),
+    );
     assert!(attempt.await.is_err(), "a paused Redis must not answer");
     stack.resume(Service::Redis).await.expect("resume");
-    let mut redis = client.get_multiplexed_async_connection().await.expect("connect after resume");
+    let mut redis = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect after resume");
     let pong: String = redis::cmd("PING").query_async(&mut redis).await.expect("PING");
     assert_eq!(pong, "PONG");
 }
@@ -182,12 +209,19 @@ async fn a_killed_owner_leaves_no_orphans_and_its_leftovers_are_cleaned() {
         .expect("start `stack up`");
     let stdout = owner.stdout.take().expect("piped stdout");
     let ready = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == "ready")
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line == "ready")
     });
     assert!(ready.await.expect("reader task"), "`stack up` printed `ready`");
 
     let servers = children_of(owner.id());
-    assert_eq!(servers.len(), 3, "postgres, redis and kafka run under `stack up`: {servers:?}");
+    assert_eq!(
+        servers.len(),
+        3,
+        "postgres, redis and kafka run under `stack up`: {servers:?}"
+    );
     let directory = leftover_directory_of(owner.id()).expect("the stack directory names its owner");
 
     owner.kill().expect("kill -9 the owner");
@@ -197,17 +231,29 @@ async fn a_killed_owner_leaves_no_orphans_and_its_leftovers_are_cleaned() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for pid in &servers {
-        assert!(!process_exists(*pid), "server pid {pid} outlived its killed owner");
+        assert!(
+            !process_exists(*pid),
+            "server pid {pid} outlived its killed owner"
+        );
     }
-    assert!(directory.exists(), "a killed owner cannot clean up its directory itself");
+    assert!(
+        directory.exists(),
+        "a killed owner cannot clean up its directory itself"
+    );
 
     let next = local_stack().await;
-    assert!(!directory.exists(), "the next stack removes {}", directory.display());
+    assert!(
+        !directory.exists(),
+        "the next stack removes {}",
+        directory.display()
+    );
     drop(next);
 }
 
 fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
@@ -224,9 +270,12 @@ fn children_of(parent: u32) -> Vec<u32> {
 }
 
 fn leftover_directory_of(owner: u32) -> Option<std::path::PathBuf> {
-    std::fs::read_dir(std::env::temp_dir()).ok()?.flatten().find_map(|entry| {
-        let owner_file = entry.path().join("owner");
-        let text = std::fs::read_to_string(owner_file).ok()?;
-        (text.trim() == owner.to_string()).then(|| entry.path())
-    })
+    std::fs::read_dir(std::env::temp_dir())
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let owner_file = entry.path().join("owner");
+            let text = std::fs::read_to_string(owner_file).ok()?;
+            (text.trim() == owner.to_string()).then(|| entry.path())
+        })
 }

@@ -67,7 +67,9 @@ impl TestFaults {
     }
 }
 
-/// The naive design's publisher: produce after the commit, once, and forget on failure.
+/// The naive design's publisher: after the commit, hand the event to the producer and move on. The
+/// event lives only in this process's memory until Kafka takes it: a crash, or an outage longer than
+/// the producer's message timeout, loses it.
 #[derive(Clone)]
 pub struct AfterCommitPublisher {
     pub producer: FutureProducer,
@@ -75,13 +77,23 @@ pub struct AfterCommitPublisher {
 }
 
 impl AfterCommitPublisher {
-    pub async fn publish(&self, order: &Order) {
+    pub fn publish(&self, order: &Order) {
         let event = events::order_event(order, uuid::Uuid::now_v7());
         let payload = prost::Message::encode_to_vec(&event);
         let key = order.id.to_key();
         let record = FutureRecord::to(&self.topic).key(&key[..]).payload(&payload);
-        if let Err((error, _)) = self.producer.send(record, Duration::from_secs(2)).await {
-            tracing::warn!(%error, order_id = %order.id, "event lost: produce after commit failed");
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let order_id = order.id;
+                tokio::spawn(async move {
+                    if !matches!(delivery.await, Ok(Ok(_))) {
+                        tracing::warn!(%order_id, "event lost: produce after commit failed");
+                    }
+                });
+            }
+            Err((error, _)) => {
+                tracing::warn!(%error, order_id = %order.id, "event lost: produce after commit failed")
+            }
         }
     }
 }

@@ -72,14 +72,6 @@ impl Application {
             settings.cache_ttl(),
             WriteMode::CompareAndSet,
         )?;
-        if let Err(error) = topics::ensure(
-            &settings.kafka_brokers,
-            &[&settings.orders_topic, &settings.dead_letter_topic()],
-        )
-        .await
-        {
-            tracing::warn!(%error, "could not check the topics; continuing (Kafka may come later)");
-        }
         let listener = if components.contains(&Component::Api) {
             let address = settings.grpc_addr;
             Some(
@@ -114,6 +106,18 @@ impl Application {
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let mut parts: JoinSet<Result<&'static str, StartupError>> = JoinSet::new();
         let settings = &self.settings;
+
+        // Best effort, in the background: a Kafka that is down must not keep the API from starting.
+        let (brokers, topics) = (
+            settings.kafka_brokers.clone(),
+            [settings.orders_topic.clone(), settings.dead_letter_topic()],
+        );
+        tokio::spawn(async move {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            if let Err(error) = topics::ensure(&brokers, &names).await {
+                tracing::warn!(%error, "could not check the topics; the producer and consumer will retry");
+            }
+        });
 
         if let Some(listener) = self.listener.take() {
             let auth = settings.auth_token.clone().and_then(AuthToken::new);

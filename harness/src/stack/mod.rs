@@ -17,7 +17,7 @@
 mod docker;
 pub mod error;
 mod local;
-mod process;
+pub(crate) mod process;
 mod readiness;
 mod tools;
 

@@ -99,6 +99,21 @@ pub struct ManagedProcess {
 }
 
 impl ManagedProcess {
+    /// A placeholder that runs nothing (stop and kill do nothing).
+    pub fn idle() -> Self {
+        Self {
+            launch: Launch {
+                name: "idle",
+                program: PathBuf::from("/bin/true"),
+                args: Vec::new(),
+                envs: Vec::new(),
+                log: PathBuf::from("/dev/null"),
+                run_as: None,
+            },
+            child: None,
+        }
+    }
+
     pub fn spawn(launch: Launch) -> io::Result<Self> {
         let mut process = Self { launch, child: None };
         process.start()?;

@@ -144,7 +144,7 @@ impl OrderService for OrdersApi {
             .await
             .map_err(status::update)?;
         if let (Some(publisher), true) = (&self.after_commit, change.changed) {
-            publisher.publish(&change.order).await;
+            publisher.publish(&change.order);
         }
         Ok(Response::new(pb::UpdateOrderStatusResponse {
             order: Some((&change.order).into()),

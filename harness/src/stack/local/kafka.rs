@@ -106,7 +106,9 @@ fn format_storage(java: &Path, classpath: &str, cluster_id: &str, properties: &P
             "format",
             "--ignore-formatted",
         ])
-        .args(["-t", cluster_id, "-c"])
+        // `=`: a cluster id may start with '-', which would read as an option.
+        .arg(format!("--cluster-id={cluster_id}"))
+        .arg("-c")
         .arg(properties)
         .output()?;
     if output.status.success() {

@@ -1,0 +1,146 @@
+//! The record of a run: every client operation with its start, end and outcome; every fault's window;
+//! and what the cache held over time, per order, as the sampler saw it.
+//!
+//! Times are offsets from the start of the run. The cache series keeps only changes (a new version, or
+//! the key appearing or disappearing), which is all the monotonicity and staleness checks need and keeps a
+//! long soak's memory small.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use service::proto::orders::v1 as pb;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Create,
+    Update {
+        order_id: i64,
+        to: i32,
+        expected_version: Option<i64>,
+    },
+    Get {
+        order_id: i64,
+        min_version: i64,
+    },
+    GetMany {
+        order_ids: Vec<i64>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Create or update succeeded: the order as the service returned it.
+    Written(pb::Order),
+    /// Reads: the orders returned, each with its source.
+    Read(Vec<(pb::Order, i32)>),
+    /// The service answered with an error status.
+    Refused { code: tonic::Code, message: String },
+    /// No answer (transport error, timeout): the operation may or may not have happened.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct OpRecord {
+    pub client: usize,
+    pub op: Op,
+    pub start: Duration,
+    pub end: Duration,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultWindow {
+    pub kind: &'static str,
+    pub start: Duration,
+    pub end: Duration,
+}
+
+/// One change of an order's cache entry: from `at` on, the cache held `version` (`None`: nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheChange {
+    pub at: Duration,
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    ops: Vec<OpRecord>,
+    faults: Vec<FaultWindow>,
+    cache: HashMap<i64, Vec<CacheChange>>,
+    rebalances: usize,
+}
+
+/// Shared by the clients, the fault injector and the sampler of one run.
+#[derive(Debug)]
+pub struct History {
+    started: Instant,
+    data: Mutex<Data>,
+}
+
+impl History {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            data: Mutex::new(Data::default()),
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn with<T>(&self, action: impl FnOnce(&mut Data) -> T) -> T {
+        let mut data = self.data.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        action(&mut data)
+    }
+
+    pub fn record_op(&self, record: OpRecord) {
+        self.with(|data| data.ops.push(record));
+    }
+
+    pub fn record_fault(&self, window: FaultWindow) {
+        self.with(|data| data.faults.push(window));
+    }
+
+    pub fn record_rebalance(&self) {
+        self.with(|data| data.rebalances += 1);
+    }
+
+    /// Records what the cache holds for `order_id` now, if it changed since the last sample.
+    pub fn record_cache(&self, order_id: i64, version: Option<i64>, at: Duration) {
+        self.with(|data| {
+            let series = data.cache.entry(order_id).or_default();
+            if series.last().map(|change| change.version) != Some(version) {
+                series.push(CacheChange { at, version });
+            }
+        });
+    }
+
+    /// Everything recorded so far.
+    pub fn snapshot(&self) -> Recorded {
+        self.with(|data| Recorded {
+            ops: data.ops.clone(),
+            faults: data.faults.clone(),
+            cache: data.cache.clone(),
+            rebalances: data.rebalances,
+            duration: self.now(),
+        })
+    }
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A finished history, for the checker.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub ops: Vec<OpRecord>,
+    pub faults: Vec<FaultWindow>,
+    pub cache: HashMap<i64, Vec<CacheChange>>,
+    pub rebalances: usize,
+    pub duration: Duration,
+}

@@ -1,0 +1,196 @@
+//! What a consistency run does: a sequence of steps, each a burst of client operations or a fault with
+//! the operations that run during it. Steps are self-contained (every fault heals within its own
+//! step), so proptest can shrink a failing run by dropping steps and the rest still makes sense.
+//!
+//! Every step prints as one readable line, which is what a shrunk failure shows.
+
+use std::fmt;
+
+use proptest::prelude::*;
+
+/// How the updater group assigns partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assignment {
+    /// Eager: every rebalance revokes everything first.
+    Range,
+    CooperativeSticky,
+}
+
+impl Assignment {
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Self::Range => "range",
+            Self::CooperativeSticky => "cooperative-sticky",
+        }
+    }
+}
+
+/// One step of a scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create `count` orders.
+    Create { count: u8 },
+    /// `count` status changes by `clients` concurrent clients on random orders: mostly legal, some
+    /// illegal, some with `expected_version`; reads mixed in, half with `min_version`.
+    Traffic { count: u16, clients: u8, seed: u64 },
+    /// `clients` clients race to change one order, all with the same `expected_version`.
+    Race { clients: u8, seed: u64 },
+    /// A fault, with traffic while it lasts.
+    Fault { fault: Fault, traffic: u16, seed: u64 },
+}
+
+/// The faults of the environment. Each heals before its step ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A cache-updater instance joins the group (a rebalance), up to 3.
+    AddUpdater,
+    /// An updater instance leaves gracefully (a rebalance), down to 1.
+    RemoveUpdater,
+    /// An updater instance is killed with SIGKILL and a new one starts (rebalance after the session
+    /// timeout; unhandled messages are redelivered).
+    KillUpdater,
+    /// The API+relay instance is killed with SIGKILL and restarted.
+    KillApi,
+    /// Kafka is stopped during traffic, then started; with `kill_api`, the API+relay instance is also
+    /// killed while Kafka is down: between the commit and the publish.
+    KafkaDown { kill_api: bool },
+    /// Kafka killed with SIGKILL, then restarted (data kept).
+    KafkaKill,
+    /// Redis restarted: its data is wiped.
+    RedisRestart,
+    /// Redis frozen (SIGSTOP) during traffic; then, with `restart_updater`, an updater is replaced while
+    /// its batch is still waiting for Redis; then Redis resumes.
+    RedisPause { restart_updater: bool },
+    /// PostgreSQL restarted during traffic.
+    PostgresRestart,
+}
+
+impl Fault {
+    /// Every kind, for reports.
+    pub const KINDS: [&'static str; 9] = [
+        "add-updater",
+        "remove-updater",
+        "kill-updater",
+        "kill-api",
+        "kafka-down",
+        "kafka-kill",
+        "redis-restart",
+        "redis-pause",
+        "postgres-restart",
+    ];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::AddUpdater => "add-updater",
+            Self::RemoveUpdater => "remove-updater",
+            Self::KillUpdater => "kill-updater",
+            Self::KillApi => "kill-api",
+            Self::KafkaDown { .. } => "kafka-down",
+            Self::KafkaKill => "kafka-kill",
+            Self::RedisRestart => "redis-restart",
+            Self::RedisPause { .. } => "redis-pause",
+            Self::PostgresRestart => "postgres-restart",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Create { count } => write!(f, "create {count} orders"),
+            Self::Traffic { count, clients, seed } => {
+                write!(
+                    f,
+                    "{count} status changes and reads by {clients} clients (seed {seed})"
+                )
+            }
+            Self::Race { clients, seed } => {
+                write!(
+                    f,
+                    "{clients} clients race on one order with one expected_version (seed {seed})"
+                )
+            }
+            Self::Fault { fault, traffic, seed } => {
+                let what = match fault {
+                    Fault::AddUpdater => "add a cache-updater instance".to_string(),
+                    Fault::RemoveUpdater => "remove a cache-updater instance".to_string(),
+                    Fault::KillUpdater => "kill -9 a cache-updater instance and start another".to_string(),
+                    Fault::KillApi => "kill -9 the API+relay instance and restart it".to_string(),
+                    Fault::KafkaDown { kill_api: false } => "stop Kafka, then start it".to_string(),
+                    Fault::KafkaDown { kill_api: true } => {
+                        "stop Kafka, kill -9 the API+relay instance (committed, not published), restart both"
+                            .to_string()
+                    }
+                    Fault::KafkaKill => "kill -9 Kafka, then restart it".to_string(),
+                    Fault::RedisRestart => "restart Redis (data wiped)".to_string(),
+                    Fault::RedisPause {
+                        restart_updater: false,
+                    } => "pause Redis (SIGSTOP), then resume".to_string(),
+                    Fault::RedisPause {
+                        restart_updater: true,
+                    } => "pause Redis, replace a cache-updater instance mid-batch, resume Redis".to_string(),
+                    Fault::PostgresRestart => "restart PostgreSQL".to_string(),
+                };
+                write!(f, "{what}, with {traffic} status changes meanwhile (seed {seed})")
+            }
+        }
+    }
+}
+
+/// A whole run: the group's assignment strategy and the steps.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub assignment: Assignment,
+    pub steps: Vec<Step>,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "scenario ({} assignment):", self.assignment.config_value())?;
+        for (index, step) in self.steps.iter().enumerate() {
+            writeln!(f, "  {:>2}. {step}", index + 1)?;
+        }
+        Ok(())
+    }
+}
+
+pub fn fault_strategy() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        Just(Fault::AddUpdater),
+        Just(Fault::RemoveUpdater),
+        Just(Fault::KillUpdater),
+        Just(Fault::KillApi),
+        any::<bool>().prop_map(|kill_api| Fault::KafkaDown { kill_api }),
+        Just(Fault::KafkaKill),
+        Just(Fault::RedisRestart),
+        any::<bool>().prop_map(|restart_updater| Fault::RedisPause { restart_updater }),
+        Just(Fault::PostgresRestart),
+    ]
+}
+
+pub fn step_strategy(faults: BoxedStrategy<Fault>) -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (1u8..=5).prop_map(|count| Step::Create { count }),
+        4 => (20u16..=120, 1u8..=4, any::<u64>()).prop_map(|(count, clients, seed)| Step::Traffic { count, clients, seed }),
+        1 => (2u8..=4, any::<u64>()).prop_map(|(clients, seed)| Step::Race { clients, seed }),
+        3 => (faults, 10u16..=60, any::<u64>()).prop_map(|(fault, traffic, seed)| Step::Fault { fault, traffic, seed }),
+    ]
+}
+
+/// Scenarios of `steps` steps, always starting with some orders, drawing faults from `faults`.
+pub fn scenario_strategy(
+    steps: std::ops::RangeInclusive<usize>,
+    faults: BoxedStrategy<Fault>,
+) -> impl Strategy<Value = Scenario> {
+    let assignment = prop_oneof![Just(Assignment::Range), Just(Assignment::CooperativeSticky)];
+    (
+        assignment,
+        3u8..=8,
+        proptest::collection::vec(step_strategy(faults), steps),
+    )
+        .prop_map(|(assignment, first_orders, rest)| {
+            let mut steps = vec![Step::Create { count: first_orders }];
+            steps.extend(rest);
+            Scenario { assignment, steps }
+        })
+}

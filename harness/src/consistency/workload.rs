@@ -1,0 +1,306 @@
+//! The clients: create orders, change their status, and read them, recording every call in the history.
+//!
+//! Clients keep a shared notion of each order's latest known status and version (from the answers they
+//! get) to choose mostly legal transitions, `expected_version`s and `min_version`s that mean something;
+//! a fixed share of requests is illegal on purpose, so refusals are exercised too. Randomness is seeded
+//! per step, so a step replays the same choices (concurrency still interleaves them differently).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use service::domain::OrderStatus;
+use service::proto::google::r#type::Money;
+use service::proto::orders::v1 as pb;
+use service::proto::orders::v1::order_service_client::OrderServiceClient;
+use tonic::transport::Channel;
+
+use super::history::{History, Op, OpRecord, Outcome};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the clients believe about the orders.
+#[derive(Debug, Default)]
+pub struct Known {
+    pub ids: Vec<i64>,
+    latest: HashMap<i64, (i32, i64)>,
+}
+
+impl Known {
+    fn observe(&mut self, order: &pb::Order) {
+        let entry = self
+            .latest
+            .entry(order.order_id)
+            .or_insert((order.status, order.version));
+        if order.version >= entry.1 {
+            *entry = (order.status, order.version);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Workload {
+    client: OrderServiceClient<Channel>,
+    history: Arc<History>,
+    known: Arc<Mutex<Known>>,
+}
+
+impl Workload {
+    pub fn new(client: OrderServiceClient<Channel>, history: Arc<History>) -> Self {
+        Self {
+            client,
+            history,
+            known: Arc::new(Mutex::new(Known::default())),
+        }
+    }
+
+    pub fn known_ids(&self) -> Vec<i64> {
+        self.with_known(|known| known.ids.clone())
+    }
+
+    fn with_known<T>(&self, action: impl FnOnce(&mut Known) -> T) -> T {
+        let mut known = self.known.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        action(&mut known)
+    }
+
+    pub async fn create(&self, count: u8) {
+        for _ in 0..count {
+            self.call(0, Op::Create).await;
+        }
+    }
+
+    /// `count` operations spread over `clients` concurrent clients.
+    pub async fn traffic(&self, count: u16, clients: u8, seed: u64) {
+        let clients = clients.max(1) as usize;
+        let mut tasks = Vec::with_capacity(clients);
+        for client in 0..clients {
+            let workload = self.clone();
+            let share = count as usize / clients + usize::from(client < count as usize % clients);
+            tasks.push(tokio::spawn(async move {
+                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
+                for _ in 0..share {
+                    let op = workload.choose(&mut rng);
+                    workload.call(client + 1, op).await;
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Several clients change one order to its next status, all with the same expected version: at
+    /// most one may win.
+    pub async fn race(&self, clients: u8, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let target = self.with_known(|known| {
+            let open: Vec<(i64, (i32, i64))> = known
+                .latest
+                .iter()
+                .filter(|(_, (status, _))| next_status(*status).is_some())
+                .map(|(id, state)| (*id, *state))
+                .collect();
+            (!open.is_empty()).then(|| open[rng.random_range(0..open.len())])
+        });
+        let Some((order_id, (status, version))) = target else {
+            return;
+        };
+        let Some(to) = next_status(status) else { return };
+        let mut tasks = Vec::new();
+        for client in 0..clients.max(2) as usize {
+            let workload = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let op = Op::Update {
+                    order_id,
+                    to,
+                    expected_version: Some(version),
+                };
+                workload.call(100 + client, op).await;
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn choose(&self, rng: &mut StdRng) -> Op {
+        self.with_known(|known| {
+            if known.ids.is_empty() {
+                return Op::Create;
+            }
+            // Half the traffic goes to the three newest orders, to make clients collide.
+            let pick = |rng: &mut StdRng| {
+                let hot = known.ids.len().min(3);
+                if rng.random_bool(0.5) {
+                    known.ids[known.ids.len() - 1 - rng.random_range(0..hot)]
+                } else {
+                    known.ids[rng.random_range(0..known.ids.len())]
+                }
+            };
+            let order_id = pick(rng);
+            let (status, version) = known.latest.get(&order_id).copied().unwrap_or((1, 1));
+            let roll: f64 = rng.random();
+            if roll < 0.03 {
+                Op::Create
+            } else if roll < 0.65 {
+                let to = match rng.random_range(0..10) {
+                    0..=6 => next_status(status).unwrap_or(pb::OrderStatus::Cancelled as i32),
+                    7 => pb::OrderStatus::Cancelled as i32,
+                    _ => rng.random_range(1..=8), // often illegal, sometimes the same status
+                };
+                let expected_version = rng.random_bool(0.3).then_some(version);
+                Op::Update {
+                    order_id,
+                    to,
+                    expected_version,
+                }
+            } else if roll < 0.9 {
+                let min_version = if rng.random_bool(0.5) { version } else { 0 };
+                Op::Get {
+                    order_id,
+                    min_version,
+                }
+            } else {
+                let count = rng.random_range(1..=5);
+                Op::GetMany {
+                    order_ids: (0..count).map(|_| pick(rng)).collect(),
+                }
+            }
+        })
+    }
+
+    async fn call(&self, client: usize, op: Op) {
+        let mut grpc = self.client.clone();
+        let start = self.history.now();
+        let outcome = match &op {
+            Op::Create => {
+                let request = pb::CreateOrderRequest {
+                    client_id: client as i64 + 1,
+                    items: vec![pb::OrderItem {
+                        sku_id: 1 + (start.as_micros() % 1000) as i64,
+                        quantity: 1 + (start.as_micros() % 5) as i32,
+                        price: Some(Money {
+                            currency_code: "EUR".into(),
+                            units: 12,
+                            nanos: 340_000_000,
+                        }),
+                    }],
+                    idempotency_key: String::new(),
+                };
+                written(
+                    grpc.create_order(with_timeout(request))
+                        .await
+                        .map(|r| r.into_inner().order),
+                )
+            }
+            Op::Update {
+                order_id,
+                to,
+                expected_version,
+            } => {
+                let request = pb::UpdateOrderStatusRequest {
+                    order_id: *order_id,
+                    status: *to,
+                    expected_version: *expected_version,
+                };
+                written(
+                    grpc.update_order_status(with_timeout(request))
+                        .await
+                        .map(|r| r.into_inner().order),
+                )
+            }
+            Op::Get {
+                order_id,
+                min_version,
+            } => {
+                let request = pb::GetOrderRequest {
+                    order_id: *order_id,
+                    min_version: *min_version,
+                };
+                match grpc.get_order(with_timeout(request)).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        Outcome::Read(response.order.into_iter().map(|o| (o, response.source)).collect())
+                    }
+                    Err(status) => refused(status),
+                }
+            }
+            Op::GetMany { order_ids } => {
+                let request = pb::GetOrdersRequest {
+                    order_ids: order_ids.clone(),
+                };
+                match grpc.get_orders(with_timeout(request)).await {
+                    Ok(response) => Outcome::Read(
+                        response
+                            .into_inner()
+                            .orders
+                            .into_iter()
+                            .map(|o| (o, pb::Source::Unspecified as i32))
+                            .collect(),
+                    ),
+                    Err(status) => refused(status),
+                }
+            }
+        };
+        let end = self.history.now();
+        match &outcome {
+            Outcome::Written(order) => self.with_known(|known| {
+                if !known.latest.contains_key(&order.order_id) {
+                    known.ids.push(order.order_id);
+                }
+                known.observe(order);
+            }),
+            Outcome::Read(orders) => self.with_known(|known| {
+                for (order, _) in orders {
+                    known.observe(order);
+                }
+            }),
+            _ => {}
+        }
+        self.history.record_op(OpRecord {
+            client,
+            op,
+            start,
+            end,
+            outcome,
+        });
+    }
+}
+
+fn with_timeout<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+fn written(result: Result<Option<pb::Order>, tonic::Status>) -> Outcome {
+    match result {
+        Ok(Some(order)) => Outcome::Written(order),
+        Ok(None) => Outcome::Unknown("an answer without an order".into()),
+        Err(status) => refused(status),
+    }
+}
+
+/// A status from the server is a refusal; a transport failure or deadline means "unknown outcome".
+fn refused(status: tonic::Status) -> Outcome {
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown
+        | tonic::Code::Internal => Outcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
+        code => Outcome::Refused {
+            code,
+            message: status.message().to_string(),
+        },
+    }
+}
+
+fn next_status(status: i32) -> Option<i32> {
+    OrderStatus::from_proto(status)
+        .ok()?
+        .next()
+        .map(OrderStatus::to_proto)
+}
