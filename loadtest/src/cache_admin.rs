@@ -1,0 +1,79 @@
+//! Direct access to the service's Redis, for what a client of the API cannot do: evict an order
+//! before a cold read, flush the run's orders, and count cached orders without filling the cache (a
+//! `GetOrder` would fill it on a miss).
+//!
+//! Only the run's own keys are touched (`order:{id}` of the orders it created), never `FLUSHALL`:
+//! the Redis may be shared.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use service::domain::OrderId;
+
+/// Keys per `DEL` or `EXISTS`, to keep each command small.
+const KEYS_PER_COMMAND: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheAdminError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("order id {0} is not valid")]
+    OrderId(i64),
+}
+
+#[derive(Clone)]
+pub struct CacheAdmin {
+    redis: ConnectionManager,
+}
+
+impl CacheAdmin {
+    /// Connects now, so that a wrong `--redis-url` fails before the run rather than in it.
+    pub async fn connect(url: &str) -> Result<Self, CacheAdminError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1);
+        let redis = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self { redis })
+    }
+
+    /// Deletes the cached copy of one order.
+    pub async fn evict(&self, order_id: i64) -> Result<(), CacheAdminError> {
+        let mut redis = self.redis.clone();
+        let _: i64 = redis::cmd("DEL")
+            .arg(key(order_id)?)
+            .query_async(&mut redis)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the cached copies of `ids`; returns how many there were.
+    pub async fn evict_many(&self, ids: &[i64]) -> Result<usize, CacheAdminError> {
+        self.count_keys("DEL", ids).await
+    }
+
+    /// How many of `ids` are cached.
+    pub async fn cached(&self, ids: &[i64]) -> Result<usize, CacheAdminError> {
+        self.count_keys("EXISTS", ids).await
+    }
+
+    /// `DEL` and `EXISTS` both answer how many of their keys there were.
+    async fn count_keys(&self, command: &str, ids: &[i64]) -> Result<usize, CacheAdminError> {
+        let mut redis = self.redis.clone();
+        let mut total = 0;
+        for chunk in ids.chunks(KEYS_PER_COMMAND) {
+            let keys = chunk.iter().map(|&id| key(id)).collect::<Result<Vec<_>, _>>()?;
+            let counted: usize = redis::cmd(command).arg(keys).query_async(&mut redis).await?;
+            total += counted;
+        }
+        Ok(total)
+    }
+}
+
+/// The service's own cache key for an order.
+fn key(order_id: i64) -> Result<String, CacheAdminError> {
+    OrderId::parse(order_id)
+        .map(OrderId::cache_key)
+        .map_err(|_| CacheAdminError::OrderId(order_id))
+}

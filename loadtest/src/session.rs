@@ -1,0 +1,109 @@
+//! What each goose user keeps between its transactions, its gRPC client, and how a call is timed and
+//! recorded in goose's metrics.
+//!
+//! Each user connects on its own HTTP/2 connection, as independent clients do, so the load spreads
+//! over as many connections as there are users. Calls are recorded with
+//! `GooseUser::record_custom_request_duration` (`record_custom_request` with microseconds rather than
+//! whole milliseconds: a cached read takes well under one), under method `gRPC` and one name per RPC;
+//! the gRPC status code is the request's status code, so goose's reports count `0` (OK) and the errors.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use goose::prelude::*;
+use service::proto::orders::v1::order_service_client::OrderServiceClient;
+use tonic::transport::Channel;
+
+use crate::target;
+
+/// goose's method label for every request.
+const METHOD: &str = "gRPC";
+
+/// A goose user's session data.
+#[derive(Clone)]
+pub struct Session {
+    pub client: OrderServiceClient<Channel>,
+}
+
+/// The names requests are recorded under: one per RPC, reads split by the state of the cache they
+/// aim at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    GetOrderWarm,
+    GetOrderCold,
+    GetOrders,
+    UpdateOrderStatus,
+    CreateOrder,
+}
+
+impl Rpc {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GetOrderWarm => "GetOrder (warm)",
+            Self::GetOrderCold => "GetOrder (cold)",
+            Self::GetOrders => "GetOrders",
+            Self::UpdateOrderStatus => "UpdateOrderStatus",
+            Self::CreateOrder => "CreateOrder",
+        }
+    }
+}
+
+/// The `on_start` transaction of every scenario: connects to goose's `--host`.
+pub async fn connect(user: &mut GooseUser) -> TransactionResult {
+    let endpoint = user.base_url.to_string();
+    let client = target::connect(&endpoint).await.map_err(failure)?;
+    user.set_session_data(Session { client });
+    Ok(())
+}
+
+/// The user's client. Cloning it is cheap (the connection is shared) and lets a call run while the
+/// user is borrowed again to record it.
+pub fn client(user: &GooseUser) -> Result<OrderServiceClient<Channel>, Box<TransactionError>> {
+    user.get_session_data::<Session>()
+        .map(|session| session.client.clone())
+        .ok_or_else(|| failure("the user has no session: its on_start transaction did not connect"))
+}
+
+/// Times `call`, records it as `rpc`, and hands back its answer (a failed call is recorded as a
+/// failed request and returned, not turned into a transaction error: goose would count it twice).
+pub async fn timed<T>(
+    user: &mut GooseUser,
+    rpc: Rpc,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<Result<T, tonic::Status>, Box<TransactionError>> {
+    let started = Instant::now();
+    let answer = call.await.map(tonic::Response::into_inner);
+    record(user, rpc, started.elapsed(), &answer).await?;
+    Ok(answer)
+}
+
+/// Records one finished call; success is the gRPC status `OK`.
+pub async fn record<T>(
+    user: &mut GooseUser,
+    rpc: Rpc,
+    elapsed: Duration,
+    answer: &Result<T, tonic::Status>,
+) -> TransactionResult {
+    let (success, code, error) = match answer {
+        Ok(_) => (true, tonic::Code::Ok, None),
+        Err(status) => (
+            false,
+            status.code(),
+            Some(format!("{:?}: {}", status.code(), status.message())),
+        ),
+    };
+    user.record_custom_request_duration(
+        METHOD,
+        rpc.name(),
+        elapsed,
+        success,
+        Some(code as u16),
+        error.as_deref(),
+    )
+    .await
+}
+
+/// A transaction error from anything displayable.
+pub fn failure(error: impl std::fmt::Display) -> Box<TransactionError> {
+    Box::new(TransactionError::Custom(error.to_string()))
+}
