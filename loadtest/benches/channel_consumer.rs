@@ -1,1 +1,375 @@
-fn main() {}
+//! `ChannelConsumer` against plain rdkafka consumers, on a real Kafka broker (the local stack).
+//!
+//! One topic per partition count (1, 3, 12), each pre-produced with `BENCH_MESSAGES` messages of 100
+//! bytes (default 200,000; the issue's full size is `BENCH_MESSAGES=1000000`). Every iteration drains a
+//! whole topic with a new consumer group (so it reads from the start), with one of:
+//!
+//! * `ChannelConsumer`: `consume_size` 1000, read as batches through `chunks_timeout(1000, 10 ms)`,
+//!   `handle()` on every message (values deserialized as `Vec<u8>`, as a user gets them);
+//! * `BaseConsumer`: rdkafka's plain poll loop, one `poll()` per message, storing each offset;
+//! * `StreamConsumer`: rdkafka's async consumer, one `recv().await` per message, storing each offset.
+//!
+//! All three use `enable.auto.commit=true`, `enable.auto.offset.store=false`,
+//! `auto.offset.reset=earliest`. The clock runs from the first message to the last, so the group join
+//! and the close are not in the figures; the messages of the first delivery (one batch for
+//! `ChannelConsumer`, one message for the others) arrived at time zero, so each drain's time is scaled
+//! up by `total / (total - first delivery)`, a correction under 1% at the default size.
+//!
+//! Criterion reports messages/s and bytes/s of each; the end of the run prints the medians and the
+//! ratios the issue sets targets for, and then a memory check of `ChannelConsumer`'s buffer with a slow
+//! reader.
+
+mod common;
+
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Tally, env_number, must, ratio};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use harness::{Backend, Stack, StackOptions};
+use loadtest::memory::{self, Process};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use service::kafka::{ChannelConsumer, Ignore, RawBytes};
+use tokio_stream::StreamExt;
+
+const MESSAGE_BYTES: usize = 100;
+const PARTITIONS: [i32; 3] = [1, 3, 12];
+const CONSUME_SIZE: usize = 1000;
+/// `chunks_timeout`'s wait for a batch to fill.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
+/// A drain that takes longer has lost messages: the benchmark stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the slow reader of the memory check reads.
+const SLOW_READ: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Channel,
+    Base,
+    Stream,
+}
+
+impl Reader {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Channel => "ChannelConsumer",
+            Self::Base => "BaseConsumer",
+            Self::Stream => "StreamConsumer",
+        }
+    }
+}
+
+fn main() {
+    if !common::benchmarking() {
+        println!("channel_consumer: runs under `cargo bench` only");
+        return;
+    }
+    let messages = env_number("BENCH_MESSAGES", 200_000);
+    let runtime = common::runtime();
+    let stack = runtime.block_on(async {
+        let options = StackOptions {
+            backend: Some(Backend::Local),
+            kafka_nodes: 1,
+            topics: vec![],
+        };
+        must("starting the local stack", Stack::start(options).await)
+    });
+    let brokers = stack.kafka_brokers().to_owned();
+    for partitions in PARTITIONS {
+        let topic = topic_name(partitions);
+        runtime.block_on(async { must("creating a topic", stack.create_topic(&topic, partitions).await) });
+        let started = Instant::now();
+        produce(&brokers, &topic, partitions, messages);
+        println!(
+            "channel_consumer: {topic}: {messages} messages of {MESSAGE_BYTES} bytes produced in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    let tally = Tally::default();
+    let mut criterion = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    let mut group = criterion.benchmark_group("drain");
+    // One drain is one iteration, many seconds long: flat sampling, the fewest iterations criterion
+    // accepts (ten, plus one to warm up).
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::ElementsAndBytes {
+        elements: messages,
+        bytes: messages * MESSAGE_BYTES as u64,
+    });
+    for partitions in PARTITIONS {
+        let topic = topic_name(partitions);
+        for reader in [Reader::Channel, Reader::Base, Reader::Stream] {
+            let id = BenchmarkId::new(reader.name(), partitions);
+            let key = format!("{}/{partitions}", reader.name());
+            group.bench_function(id, |b| match reader {
+                Reader::Base => b.iter_custom(|iterations| {
+                    (0..iterations)
+                        .map(|_| {
+                            let elapsed = drain_base(&brokers, &topic, messages);
+                            tally.record(&key, messages, elapsed);
+                            elapsed
+                        })
+                        .sum()
+                }),
+                Reader::Channel | Reader::Stream => b.to_async(&runtime).iter_custom(|iterations| {
+                    let (brokers, topic, key, tally) = (&brokers, &topic, &key, &tally);
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iterations {
+                            let elapsed = match reader {
+                                Reader::Channel => drain_channel(brokers, topic, messages).await,
+                                _ => drain_stream(brokers, topic, messages).await,
+                            };
+                            tally.record(key, messages, elapsed);
+                            total += elapsed;
+                        }
+                        total
+                    }
+                }),
+            });
+        }
+    }
+    group.finish();
+    print_summary(&tally, messages);
+    runtime.block_on(slow_reader_memory(&brokers, &topic_name(12), messages));
+    criterion.final_summary();
+}
+
+fn topic_name(partitions: i32) -> String {
+    format!("bench-{partitions}p")
+}
+
+/// A consumer configuration of a group nobody used before.
+fn consumer_config(brokers: &str) -> ClientConfig {
+    static GROUPS: AtomicU64 = AtomicU64::new(0);
+    let group = format!(
+        "bench-{}-{}",
+        std::process::id(),
+        GROUPS.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("log_level", "3");
+    config
+}
+
+/// Produces `count` messages round-robin over the partitions and checks that the broker has them.
+fn produce(brokers: &str, topic: &str, partitions: i32, count: u64) {
+    let producer: BaseProducer = must(
+        "producer",
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("acks", "1")
+            .create(),
+    );
+    let mut payload = [b'x'; MESSAGE_BYTES];
+    for index in 0..count {
+        payload[..8].copy_from_slice(&index.to_be_bytes());
+        let partition = (index % partitions as u64) as i32;
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .payload(&payload[..])
+            .partition(partition);
+        // A full queue is back-pressure: serve deliveries until there is room again.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((error, returned)) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    producer.poll(Duration::from_millis(50));
+                    record = returned;
+                }
+                Err((error, _)) => panic!("producing to {topic}: {error}"),
+            }
+        }
+    }
+    must("flushing the producer", producer.flush(Duration::from_secs(120)));
+    let checker: BaseConsumer = must("watermark client", consumer_config(brokers).create());
+    let stored: i64 = (0..partitions)
+        .map(|partition| {
+            let (low, high) = must(
+                "fetching watermarks",
+                checker.fetch_watermarks(topic, partition, Duration::from_secs(10)),
+            );
+            high - low
+        })
+        .sum();
+    assert_eq!(
+        stored, count as i64,
+        "{topic} holds {stored} messages, not {count}"
+    );
+}
+
+/// The elapsed time of a drain whose first `first` of `total` messages arrived at its start.
+fn scaled(elapsed: Duration, total: u64, first: u64) -> Duration {
+    elapsed.mul_f64(total as f64 / (total - first.min(total - 1)) as f64)
+}
+
+async fn drain_channel(brokers: &str, topic: &str, total: u64) -> Duration {
+    let consumer = must(
+        "ChannelConsumer",
+        ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
+            .consume_size(CONSUME_SIZE)
+            .key_deserializer(Ignore)
+            .value_deserializer(RawBytes)
+            .build(),
+    );
+    let control = consumer.control();
+    let mut batches = pin!(consumer.chunks_timeout(CONSUME_SIZE, BATCH_WAIT));
+    let (mut seen, mut first) = (0u64, None);
+    while seen < total {
+        let batch = match tokio::time::timeout(DRAIN_TIMEOUT, batches.next()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => panic!("ChannelConsumer ended after {seen} of {total} messages"),
+            Err(_) => panic!("ChannelConsumer: {seen} of {total} messages after {DRAIN_TIMEOUT:?}"),
+        };
+        let size = batch.len() as u64;
+        for item in batch {
+            let message = must("ChannelConsumer item", item);
+            black_box(message.value().len());
+            message.handle();
+        }
+        if first.is_none() {
+            first = Some((Instant::now(), size));
+        }
+        seen += size;
+    }
+    let Some((started, first_batch)) = first else {
+        return Duration::ZERO;
+    };
+    let elapsed = scaled(started.elapsed(), total, first_batch);
+    // Commits and leaves the group; not part of the figure.
+    if let Err(error) = control.close().await {
+        eprintln!("ChannelConsumer close: {error}");
+    }
+    elapsed
+}
+
+fn drain_base(brokers: &str, topic: &str, total: u64) -> Duration {
+    let consumer: BaseConsumer = must("BaseConsumer", consumer_config(brokers).create());
+    must("subscribe", consumer.subscribe(&[topic]));
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let (mut seen, mut started) = (0u64, None);
+    while seen < total {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                started.get_or_insert_with(Instant::now);
+                black_box(message.payload().map_or(0, <[u8]>::len));
+                must("store_offset", consumer.store_offset_from_message(&message));
+                seen += 1;
+            }
+            Some(Err(error)) => eprintln!("BaseConsumer: {error}"),
+            None if Instant::now() > deadline => panic!("BaseConsumer: {seen} of {total} messages"),
+            None => {}
+        }
+    }
+    started.map_or(Duration::ZERO, |started| scaled(started.elapsed(), total, 1))
+}
+
+async fn drain_stream(brokers: &str, topic: &str, total: u64) -> Duration {
+    let consumer: StreamConsumer = must("StreamConsumer", consumer_config(brokers).create());
+    must("subscribe", consumer.subscribe(&[topic]));
+    let (mut seen, mut started) = (0u64, None);
+    while seen < total {
+        match tokio::time::timeout(DRAIN_TIMEOUT, consumer.recv()).await {
+            Ok(Ok(message)) => {
+                started.get_or_insert_with(Instant::now);
+                black_box(message.payload().map_or(0, <[u8]>::len));
+                must("store_offset", consumer.store_offset_from_message(&message));
+                seen += 1;
+            }
+            Ok(Err(error)) => eprintln!("StreamConsumer: {error}"),
+            Err(_) => panic!("StreamConsumer: {seen} of {total} messages after {DRAIN_TIMEOUT:?}"),
+        }
+    }
+    started.map_or(Duration::ZERO, |started| scaled(started.elapsed(), total, 1))
+}
+
+fn print_summary(tally: &Tally, messages: u64) {
+    println!("\nchannel_consumer: median of the measured drains of {messages} messages of {MESSAGE_BYTES} B");
+    println!("| partitions | consumer | messages/s | MB/s | drains | vs BaseConsumer | vs StreamConsumer |");
+    println!("|---|---|---|---|---|---|---|");
+    for partitions in PARTITIONS {
+        let rate = |reader: Reader| tally.median(&format!("{}/{partitions}", reader.name()));
+        let (base, stream) = (rate(Reader::Base).map(|r| r.0), rate(Reader::Stream).map(|r| r.0));
+        for reader in [Reader::Channel, Reader::Base, Reader::Stream] {
+            let Some((median, drains)) = rate(reader) else {
+                continue;
+            };
+            println!(
+                "| {partitions} | {} | {median:.0} | {:.1} | {drains} | {} | {} |",
+                reader.name(),
+                median * MESSAGE_BYTES as f64 / 1e6,
+                ratio(Some(median), base),
+                ratio(Some(median), stream),
+            );
+        }
+    }
+}
+
+/// `ChannelConsumer` with a reader far slower than the poll thread: if its buffer were unbounded, the
+/// poll thread would pull the topic into memory as fast as the broker serves it; bounded, resident
+/// memory stays where it was. Prints resident memory before and while reading.
+async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64) {
+    let before = memory::resident_kib(Process::This).ok();
+    let sampler = must(
+        "memory sampler",
+        memory::Sampler::start(Process::This, Duration::from_millis(100)),
+    );
+    let consumer = must(
+        "ChannelConsumer",
+        ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
+            .consume_size(CONSUME_SIZE)
+            .key_deserializer(Ignore)
+            .value_deserializer(RawBytes)
+            .build(),
+    );
+    let control = consumer.control();
+    let mut stream = pin!(consumer);
+    let started = Instant::now();
+    let mut read = 0u64;
+    while started.elapsed() < SLOW_READ && read < messages {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(item)) => {
+                must("ChannelConsumer item", item).handle();
+                read += 1;
+                // About 20,000 messages a second at most: a reader far behind the poll thread.
+                if read.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            _ => break,
+        }
+    }
+    let report = sampler.stop(Process::This).await;
+    let _ = control.close().await;
+    let rate = read as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "\nchannel_consumer: slow reader on {topic}: {read} of {messages} messages in {:.1} s ({rate:.0}/s); \
+         resident memory before {:.1} MiB, while reading: first {:.1}, max {:.1}, last {:.1} MiB ({} samples); \
+         the topic holds {:.1} MB of payload",
+        started.elapsed().as_secs_f64(),
+        before.map_or(0.0, |kib| kib as f64 / 1024.0),
+        report.first_mib,
+        report.max_mib,
+        report.last_mib,
+        report.samples.len(),
+        (messages * MESSAGE_BYTES as u64) as f64 / 1e6,
+    );
+}
