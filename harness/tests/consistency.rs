@@ -111,20 +111,20 @@ fn tour(assignment: Assignment) -> Scenario {
         Fault::PostgresRestart,
         Fault::RemoveUpdater,
     ];
-    let mut steps = vec![Step::Create { count: 12 }];
+    let mut steps = vec![Step::Create { count: 20 }];
     for (seed, fault) in (1u64..).zip(faults) {
         steps.push(Step::Traffic {
-            count: 150,
+            count: 300,
             clients: 4,
             seed,
         });
         steps.push(Step::Race { clients: 3, seed });
         steps.push(Step::Fault {
             fault,
-            traffic: 120,
+            traffic: 150,
             seed: seed * 1000,
         });
-        steps.push(Step::Create { count: 2 });
+        steps.push(Step::Create { count: 6 });
     }
     Scenario { assignment, steps }
 }
@@ -175,7 +175,8 @@ fn generated_scenarios_keep_the_cache_consistent() {
     let harness = Harness::start();
     let strategy = scenario_strategy(3..=6, fault_strategy().boxed());
     let result = runner(cases_from_env(3)).run(&strategy, |scenario| {
-        let report = harness.run(&scenario, "none");
+        // Correct, with slow fills: reads hold the read-through race window open for 250 ms.
+        let report = harness.run(&scenario, "slow-fill");
         print(&report);
         if report.is_consistent() {
             Ok(())

@@ -26,6 +26,10 @@ pub enum PublishMode {
     AfterCommit,
 }
 
+/// The delay of `blind-fill` and `slow-fill`: longer than the updater takes to apply an event, so a
+/// change committed during a read lands in the cache before that read's fill.
+const SLOW_FILL: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TestFaults {
     /// How the cache updater writes to Redis.
@@ -41,7 +45,10 @@ pub struct TestFaults {
 }
 
 impl TestFaults {
-    /// The names the harness's command-line uses.
+    /// Correct variants: `none`, and `slow-fill` (the read-through race window held open).
+    pub const CORRECT: [&'static str; 2] = ["none", "slow-fill"];
+
+    /// The broken variants, by the names the harness's command line uses.
     pub const VARIANTS: [&'static str; 4] = [
         "blind-cache-write",
         "commit-then-produce",
@@ -57,8 +64,10 @@ impl TestFaults {
             "commit-then-produce" => faults.publish = PublishMode::AfterCommit,
             "blind-fill" => {
                 faults.fill_write = WriteMode::Unchecked;
-                faults.fill_delay = Duration::from_millis(20);
+                faults.fill_delay = SLOW_FILL;
             }
+            // Correct, but with the read-through race window held open: the compare-and-set must hold.
+            "slow-fill" => faults.fill_delay = SLOW_FILL,
             "store-on-receipt" => faults.offset_policy = OffsetPolicy::StoreOnReceipt,
             "none" => {}
             _ => return None,

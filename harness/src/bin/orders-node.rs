@@ -20,7 +20,8 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', required = true)]
     components: Vec<Component>,
 
-    /// A broken variant: blind-cache-write, commit-then-produce, blind-fill, store-on-receipt, or none.
+    /// A broken variant (blind-cache-write, commit-then-produce, blind-fill, store-on-receipt), or a correct
+    /// one (none, slow-fill).
     #[arg(long, default_value = "none", value_parser = parse_fault)]
     fault: TestFaults,
 }
@@ -28,7 +29,8 @@ struct Cli {
 fn parse_fault(name: &str) -> Result<TestFaults, String> {
     TestFaults::variant(name).ok_or_else(|| {
         format!(
-            "unknown fault {name:?}: expected none or one of {}",
+            "unknown fault {name:?}: expected one of {}, {}",
+            TestFaults::CORRECT.join(", "),
             TestFaults::VARIANTS.join(", ")
         )
     })

@@ -82,7 +82,11 @@ impl Workload {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
                 for _ in 0..share {
                     let op = workload.choose(&mut rng);
-                    workload.call(client + 1, op).await;
+                    if !workload.call(client + 1, op).await {
+                        // The service is unreachable (restarting): don't burn the step's operations on
+                        // instant connection refusals.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
             }));
         }
@@ -171,7 +175,8 @@ impl Workload {
         })
     }
 
-    async fn call(&self, client: usize, op: Op) {
+    /// Makes one call and records it; false when the service could not be reached.
+    async fn call(&self, client: usize, op: Op) -> bool {
         let mut grpc = self.client.clone();
         let start = self.history.now();
         let outcome = match &op {
@@ -259,6 +264,7 @@ impl Workload {
             }),
             _ => {}
         }
+        let reached = !matches!(&outcome, Outcome::Unknown(reason) if reason.contains("connect"));
         self.history.record_op(OpRecord {
             client,
             op,
@@ -266,6 +272,7 @@ impl Workload {
             end,
             outcome,
         });
+        reached
     }
 }
 
