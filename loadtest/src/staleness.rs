@@ -13,9 +13,8 @@
 //! skipped and counted, so a service that falls behind shows as an achieved rate below the target
 //! instead of an ever-growing pile of tasks. The probe's orders are used one measurement at a time (an
 //! order is given back only once its measurement ends), and each finished order is replaced by a new
-//! one, put at the back of the queue: by the time it is updated, the updater has long cached its
-//! creation, so the first poll never finds a plain miss that a database read would fill (which would
-//! measure the read path, not the updater).
+//! one, read once (so that it is cached) and put at the back of the queue: a poll never finds a plain
+//! miss that its own database read would fill (which would measure the read path, not the updater).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -336,11 +335,23 @@ pub async fn wait_until_live(
     None
 }
 
-/// Creates a new order for the probe, at the back of its queue.
+/// Creates a new order for the probe, at the back of its queue, and reads it once so that it is cached
+/// (the read fills the miss) whatever the updater's lag: an update of an order the cache does not hold
+/// would be "served from the cache" as soon as a poll's own miss filled it, which measures the read
+/// path, not the updater.
 async fn replace(shared: &Shared, client: &mut OrderServiceClient<Channel>) {
     let request = sample_order(&mut rand::rng(), String::new());
     match create(client, request).await {
         Ok(order) => {
+            let read = client
+                .get_order(pb::GetOrderRequest {
+                    order_id: order.order_id,
+                    min_version: 0,
+                })
+                .await;
+            if let Err(status) = read {
+                tracing::warn!(%status, "the staleness probe could not read back a new order");
+            }
             shared.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut pool = shared.pool.lock().unwrap_or_else(PoisonError::into_inner);
             pool.push_back(Tracked {
