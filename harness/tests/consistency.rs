@@ -53,11 +53,13 @@ impl Harness {
             assignment: scenario.assignment,
             partitions: 3,
             log_dir: self.logs.path().to_path_buf(),
+            pace: None,
+            initial_updaters: 1,
         };
         let name = format!("run{}_{index}", std::process::id());
         let outcome = self
             .runtime
-            .block_on(run(&self.stack, config, scenario, &name, |_, _| {}))
+            .block_on(run(&self.stack, config, scenario.steps.clone(), &name, |_, _| {}))
             .unwrap_or_else(|e| panic!("the run could not be carried out: {e}"));
         check(&outcome)
     }
@@ -174,7 +176,7 @@ fn cases_from_env(default: u32) -> u32 {
 fn generated_scenarios_keep_the_cache_consistent() {
     let harness = Harness::start();
     let strategy = scenario_strategy(3..=6, fault_strategy().boxed());
-    let result = runner(cases_from_env(3)).run(&strategy, |scenario| {
+    let result = runner(cases_from_env(5)).run(&strategy, |scenario| {
         // Correct, with slow fills: reads hold the read-through race window open for 250 ms.
         let report = harness.run(&scenario, "slow-fill");
         print(&report);

@@ -28,6 +28,10 @@ pub struct ClusterConfig {
     pub partitions: i32,
     /// Where instance logs go.
     pub log_dir: PathBuf,
+    /// Most client operations per second, all clients together; `None`: as fast as they go.
+    pub pace: Option<f64>,
+    /// Cache-updater instances at the start (at least 1).
+    pub initial_updaters: usize,
 }
 
 pub struct Cluster {
@@ -69,7 +73,9 @@ impl Cluster {
             config,
         };
         cluster.api = cluster.spawn("api,relay", "api")?;
-        cluster.add_updater()?;
+        for _ in 0..cluster.config.initial_updaters.max(1) {
+            cluster.add_updater()?;
+        }
         Ok(cluster)
     }
 

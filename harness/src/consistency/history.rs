@@ -49,6 +49,7 @@ pub struct OpRecord {
     pub outcome: Outcome,
 }
 
+/// From the injection of a fault until the system worked again (a fresh write reached the cache).
 #[derive(Debug, Clone)]
 pub struct FaultWindow {
     pub kind: &'static str,

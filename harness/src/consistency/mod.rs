@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod staleness;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::{Cluster, ClusterConfig};
 use super::history::{FaultWindow, History, Recorded};
-use super::scenario::{Fault, Scenario, Step};
+use super::scenario::{Fault, Step};
 use super::workload::Workload;
 use crate::stack::{Service, Stack, StackError};
 
@@ -60,17 +60,21 @@ pub struct RunOutcome {
     pub state: FinalState,
 }
 
-/// Runs `scenario` on `stack` and collects the outcome. `on_step` is told when each step begins.
+/// Runs `steps` on `stack` and collects the outcome. `on_step` is told when each step begins. The steps
+/// may be generated as they are taken (the soak command stops generating at its deadline).
 pub async fn run(
     stack: &Stack,
     config: ClusterConfig,
-    scenario: &Scenario,
+    steps: impl IntoIterator<Item = Step>,
     run_name: &str,
     mut on_step: impl FnMut(usize, &Step),
 ) -> Result<RunOutcome, RunError> {
+    let pace = config.pace;
     let mut cluster = Cluster::start(stack, config, run_name).await?;
     let history = Arc::new(History::new());
-    let workload = Workload::new(cluster.client(), history.clone());
+    let workload = Workload::new(cluster.client(), history.clone(), pace);
+    // Measure from a working system: the API answers and the updater group has its partitions.
+    probe(&cluster).await;
 
     let sampling = CancellationToken::new();
     let sampler = tokio::spawn(sample_cache(
@@ -80,15 +84,17 @@ pub async fn run(
         sampling.clone(),
     ));
 
-    for (index, step) in scenario.steps.iter().enumerate() {
-        on_step(index, step);
-        match step {
+    for (index, step) in steps.into_iter().enumerate() {
+        on_step(index, &step);
+        match &step {
             Step::Create { count } => workload.create(*count).await,
             Step::Traffic { count, clients, seed } => workload.traffic(*count, *clients, *seed).await,
             Step::Race { clients, seed } => workload.race(*clients, *seed).await,
             Step::Fault { fault, traffic, seed } => {
                 let start = history.now();
                 inject(stack, &mut cluster, &workload, *fault, *traffic, *seed).await?;
+                // The fault lasts until the system works again: a fresh write reaches the cache.
+                probe(&cluster).await;
                 history.record_fault(FaultWindow {
                     kind: fault.kind(),
                     start,
@@ -108,6 +114,51 @@ pub async fn run(
     recorded.rebalances = count_rebalances(cluster.log_dir());
     cluster.stop().await;
     Ok(RunOutcome { recorded, state })
+}
+
+/// Waits (up to 60 s) until a fresh write goes all the way to the cache. The probe order is not part
+/// of the history (so not part of the staleness figures); the final checks cover it like any other.
+async fn probe(cluster: &Cluster) {
+    let mut client = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let request = pb::CreateOrderRequest {
+        client_id: 1,
+        items: vec![pb::OrderItem {
+            sku_id: 1,
+            quantity: 1,
+            price: Some(service::proto::google::r#type::Money {
+                currency_code: "EUR".into(),
+                units: 1,
+                nanos: 0,
+            }),
+        }],
+        idempotency_key: String::new(),
+    };
+    let order_id = loop {
+        if let Ok(response) = client.create_order(request.clone()).await
+            && let Some(order) = response.into_inner().order
+        {
+            break order.order_id;
+        }
+        if Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let Ok(redis) = redis::Client::open(cluster.redis_url.as_str()) else {
+        return;
+    };
+    while Instant::now() < deadline {
+        if let Ok(mut connection) = redis.get_multiplexed_async_connection().await
+            && let Ok(Some(_)) = redis::cmd("GET")
+                .arg(format!("order:{order_id}"))
+                .query_async::<Option<Vec<u8>>>(&mut connection)
+                .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Injects one fault with `traffic` operations while it lasts, and heals it.

@@ -45,14 +45,17 @@ pub struct Workload {
     client: OrderServiceClient<Channel>,
     history: Arc<History>,
     known: Arc<Mutex<Known>>,
+    /// Most operations per second over all clients of a step.
+    pace: Option<f64>,
 }
 
 impl Workload {
-    pub fn new(client: OrderServiceClient<Channel>, history: Arc<History>) -> Self {
+    pub fn new(client: OrderServiceClient<Channel>, history: Arc<History>, pace: Option<f64>) -> Self {
         Self {
             client,
             history,
             known: Arc::new(Mutex::new(Known::default())),
+            pace: pace.filter(|rate| *rate > 0.0),
         }
     }
 
@@ -78,9 +81,16 @@ impl Workload {
         for client in 0..clients {
             let workload = self.clone();
             let share = count as usize / clients + usize::from(client < count as usize % clients);
+            // With a pace, each client takes its share of the rate: one call per `clients / rate` s.
+            let mut ticks = workload
+                .pace
+                .map(|rate| tokio::time::interval(Duration::from_secs_f64(clients as f64 / rate)));
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
                 for _ in 0..share {
+                    if let Some(ticks) = &mut ticks {
+                        ticks.tick().await;
+                    }
                     let op = workload.choose(&mut rng);
                     if !workload.call(client + 1, op).await {
                         // The service is unreachable (restarting): don't burn the step's operations on
