@@ -279,3 +279,21 @@ fn leftover_directory_of(owner: u32) -> Option<std::path::PathBuf> {
             (text.trim() == owner.to_string()).then(|| entry.path())
         })
 }
+
+/// Three combined broker+controller nodes: a topic replicated on all three survives the loss of one.
+#[tokio::test]
+async fn a_three_node_kafka_survives_the_loss_of_one_node() {
+    let options = StackOptions {
+        backend: Some(Backend::Local),
+        kafka_nodes: 3,
+        topics: vec![TopicSpec::new(TOPIC, 3)],
+    };
+    let stack = Stack::start(options).await.expect("a 3-node stack");
+    assert_eq!(stack.kafka_brokers().split(',').count(), 3);
+    produce(stack.kafka_brokers(), TOPIC, 30, "before").await;
+    stack.kill(Service::Kafka(1)).await.expect("kill -9 one node");
+    produce(stack.kafka_brokers(), TOPIC, 30, "during").await;
+    let seen = consume(stack.kafka_brokers(), TOPIC, "three-nodes", 60).await;
+    assert_eq!(seen.len(), 60, "every message, before and during the loss");
+    stack.start_service(Service::Kafka(1)).await.expect("the node rejoins");
+}
