@@ -23,6 +23,10 @@ struct Harness {
 
 impl Harness {
     fn start() -> Self {
+        Self::with_kafka_nodes(1)
+    }
+
+    fn with_kafka_nodes(kafka_nodes: usize) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -30,7 +34,7 @@ impl Harness {
             .expect("a tokio runtime");
         let options = StackOptions {
             backend: Some(Backend::Local),
-            kafka_nodes: 1,
+            kafka_nodes,
             topics: vec![],
         };
         let stack = runtime
@@ -154,6 +158,38 @@ fn a_tour_of_every_fault_keeps_the_cache_consistent() {
         "several rebalances: {}",
         report.stats.rebalances
     );
+}
+
+/// With three Kafka nodes, losing one (kill -9, several times, under traffic and a rebalance) loses nothing.
+#[test]
+fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
+    let harness = Harness::with_kafka_nodes(3);
+    let mut steps = vec![Step::Create { count: 10 }];
+    for seed in 0..3u64 {
+        steps.push(Step::Traffic {
+            count: 150,
+            clients: 3,
+            seed,
+        });
+        steps.push(Step::Fault {
+            fault: Fault::KafkaKill,
+            traffic: 150,
+            seed,
+        });
+    }
+    steps.push(Step::Fault {
+        fault: Fault::AddUpdater,
+        traffic: 100,
+        seed: 7,
+    });
+    let scenario = Scenario {
+        assignment: Assignment::CooperativeSticky,
+        steps,
+    };
+    let report = harness.run(&scenario, "none");
+    print(&report);
+    assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
+    assert_eq!(report.stats.faults.get("kafka-kill"), Some(&3));
 }
 
 fn runner(cases: u32) -> TestRunner {

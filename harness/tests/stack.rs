@@ -295,5 +295,8 @@ async fn a_three_node_kafka_survives_the_loss_of_one_node() {
     produce(stack.kafka_brokers(), TOPIC, 30, "during").await;
     let seen = consume(stack.kafka_brokers(), TOPIC, "three-nodes", 60).await;
     assert_eq!(seen.len(), 60, "every message, before and during the loss");
-    stack.start_service(Service::Kafka(1)).await.expect("the node rejoins");
+    stack
+        .start_service(Service::Kafka(1))
+        .await
+        .expect("the node rejoins");
 }

@@ -46,6 +46,10 @@ struct Cli {
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..=256))]
     partitions: i32,
 
+    /// Kafka nodes; with 3, `kafka-kill` loses one broker of a cluster instead of the whole of Kafka.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    kafka_nodes: u8,
+
     /// Cache-updater instances at the start (faults add and remove them, between 1 and 3).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     updaters: u8,
@@ -162,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     let stack = runtime
         .block_on(Stack::start(StackOptions {
             backend: Some(Backend::Local),
-            kafka_nodes: 1,
+            kafka_nodes: cli.kafka_nodes.into(),
             topics: vec![],
         }))
         .context("starting the local stack")?;

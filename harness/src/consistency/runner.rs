@@ -209,9 +209,11 @@ async fn inject(
             stack.start_service(Service::Kafka(0)).await?;
         }
         Fault::KafkaKill => {
-            stack.kill(Service::Kafka(0)).await?;
+            // One node of the cluster: an outage with one node, the loss of a broker with three.
+            let node = Service::Kafka(seed as usize % stack.kafka_nodes());
+            stack.kill(node).await?;
             workload.traffic(traffic, 2, seed).await;
-            stack.start_service(Service::Kafka(0)).await?;
+            stack.start_service(node).await?;
         }
         Fault::RedisRestart => {
             stack.restart(Service::Redis).await?;

@@ -54,7 +54,8 @@ pub enum Fault {
     /// Kafka is stopped during traffic, then started; with `kill_api`, the API+relay instance is also
     /// killed while Kafka is down: between the commit and the publish.
     KafkaDown { kill_api: bool },
-    /// Kafka killed with SIGKILL, then restarted (data kept).
+    /// A Kafka node killed with SIGKILL, then restarted (data kept): an outage with one node, the loss of
+    /// one broker in a three-node cluster.
     KafkaKill,
     /// Redis restarted: its data is wiped.
     RedisRestart,
@@ -121,7 +122,7 @@ impl fmt::Display for Step {
                         "stop Kafka, kill -9 the API+relay instance (committed, not published), restart both"
                             .to_string()
                     }
-                    Fault::KafkaKill => "kill -9 Kafka, then restart it".to_string(),
+                    Fault::KafkaKill => "kill -9 a Kafka node, then restart it".to_string(),
                     Fault::RedisRestart => "restart Redis (data wiped)".to_string(),
                     Fault::RedisPause {
                         restart_updater: false,
