@@ -11,7 +11,9 @@ use service::domain::OrderId;
 use service::proto::orders::v1 as pb;
 use service::startup::TestFaults;
 
-use crate::helpers::{TestApp, TestEnv, cached_raw, create_order, set_status, shared_stack, wait_for_cache};
+use crate::helpers::{
+    TestApp, TestEnv, cached_raw, create_order, get_order, set_status, shared_stack, wait_for_cache,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -110,15 +112,7 @@ async fn a_corrupt_cached_value_is_a_miss_and_is_replaced() {
             .query_async(&mut redis)
             .await
             .expect("SET");
-        let read = app
-            .client
-            .get_order(pb::GetOrderRequest {
-                order_id: order.order_id,
-                min_version: 0,
-            })
-            .await
-            .expect("a corrupt entry is not an error")
-            .into_inner();
+        let read = get_order(&mut app.client, order.order_id, "a corrupt entry is not an error").await;
         assert_eq!(read.source, pb::Source::Database as i32);
         assert_eq!(read.order.as_ref(), Some(&order));
         let raw = cached_raw(&env, order.order_id).await.expect("refilled");

@@ -8,8 +8,8 @@ use service::proto::orders::v1 as pb;
 use service::startup::TestFaults;
 
 use crate::helpers::{
-    ServiceProcess, TestApp, TestEnv, connect, create_order, free_address, outbox_backlog, own_stack,
-    set_status, shared_stack, wait_for_cache, wait_for_empty_outbox,
+    ServiceProcess, TestApp, TestEnv, connect, create_order, free_address, get_order, outbox_backlog,
+    own_stack, set_status, shared_stack, wait_for_cache, wait_for_empty_outbox,
 };
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -91,15 +91,7 @@ async fn reads_succeed_while_redis_is_down_and_updates_arrive_after() {
     stack.stop(Service::Redis).await.expect("stop redis");
     let paid = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
     for _ in 0..3 {
-        let read = app
-            .client
-            .get_order(pb::GetOrderRequest {
-                order_id: order.order_id,
-                min_version: 0,
-            })
-            .await
-            .expect("reads succeed without Redis")
-            .into_inner();
+        let read = get_order(&mut app.client, order.order_id, "reads succeed without Redis").await;
         assert_eq!(read.source, pb::Source::Database as i32);
         assert_eq!(read.order.as_ref(), Some(&paid));
     }

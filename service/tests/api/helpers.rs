@@ -243,6 +243,22 @@ pub async fn set_status(
         .expect("an order")
 }
 
+/// GetOrder with no `min_version`; panics with `context` if the call fails.
+pub async fn get_order(
+    client: &mut OrderServiceClient<Channel>,
+    order_id: i64,
+    context: &str,
+) -> pb::GetOrderResponse {
+    client
+        .get_order(pb::GetOrderRequest {
+            order_id,
+            min_version: 0,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("{context}: {status}"))
+        .into_inner()
+}
+
 /// Polls GetOrder until the cache answers `version` or newer, or `within` passes.
 pub async fn wait_for_cache(
     client: &mut OrderServiceClient<Channel>,
