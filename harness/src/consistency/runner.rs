@@ -23,6 +23,8 @@ use crate::stack::{Service, Stack, StackError};
 /// How often the sampler reads every known order from the cache.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 const QUIESCENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a fault's own traffic runs (so the longest a fault lasts, healing aside).
+const FAULT_TRAFFIC_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -175,21 +177,27 @@ async fn inject(
             if cluster.updaters() < 3 {
                 cluster.add_updater()?;
             }
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
         }
         Fault::RemoveUpdater => {
             if cluster.updaters() > 1 {
                 cluster.remove_updater().await;
             }
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
         }
         Fault::KillUpdater => {
             cluster.kill_updater();
             cluster.add_updater()?;
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
         }
         Fault::KillApi => {
-            let load = workload.traffic(traffic, 2, seed);
+            let load = workload.traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT);
             let kill = async {
                 tokio::time::sleep(Duration::from_millis(50 + seed % 150)).await;
                 cluster.restart_api()
@@ -199,7 +207,9 @@ async fn inject(
         }
         Fault::KafkaDown { kill_api } => {
             stack.stop(Service::Kafka(0)).await?;
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
             if kill_api {
                 // Committed, not yet published: the outbox holds the events (or, in the broken
                 // variant, librdkafka's queue in the process that dies).
@@ -212,16 +222,22 @@ async fn inject(
             // One node of the cluster: an outage with one node, the loss of a broker with three.
             let node = Service::Kafka(seed as usize % stack.kafka_nodes());
             stack.kill(node).await?;
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
             stack.start_service(node).await?;
         }
         Fault::RedisRestart => {
             stack.restart(Service::Redis).await?;
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
         }
         Fault::RedisPause { restart_updater } => {
             stack.pause(Service::Redis).await?;
-            workload.traffic(traffic, 2, seed).await;
+            workload
+                .traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT)
+                .await;
             // Let the updaters receive the events and start retrying them against the frozen Redis.
             tokio::time::sleep(Duration::from_millis(1500)).await;
             if restart_updater {
@@ -231,7 +247,7 @@ async fn inject(
             stack.resume(Service::Redis).await?;
         }
         Fault::PostgresRestart => {
-            let load = workload.traffic(traffic, 2, seed);
+            let load = workload.traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT);
             let restart = async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 stack.restart(Service::Postgres).await

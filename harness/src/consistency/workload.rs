@@ -76,6 +76,14 @@ impl Workload {
 
     /// `count` operations spread over `clients` concurrent clients.
     pub async fn traffic(&self, count: u16, clients: u8, seed: u64) {
+        self.traffic_within(count, clients, seed, Duration::MAX).await;
+    }
+
+    /// [`traffic`](Self::traffic), but the clients stop at `limit` even if operations are left: during
+    /// a fault calls can be slow (a frozen Redis costs every read its timeout), and a fault must not
+    /// last longer because of it.
+    pub async fn traffic_within(&self, count: u16, clients: u8, seed: u64, limit: Duration) {
+        let deadline = tokio::time::Instant::now().checked_add(limit);
         let clients = clients.max(1) as usize;
         let mut tasks = Vec::with_capacity(clients);
         for client in 0..clients {
@@ -88,6 +96,9 @@ impl Workload {
             tasks.push(tokio::spawn(async move {
                 let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64));
                 for _ in 0..share {
+                    if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+                        break;
+                    }
                     if let Some(ticks) = &mut ticks {
                         ticks.tick().await;
                     }
