@@ -40,7 +40,8 @@ use tokio_stream::StreamExt;
 
 const MESSAGE_BYTES: usize = 100;
 const PARTITIONS: [i32; 3] = [1, 3, 12];
-const CONSUME_SIZE: usize = 1000;
+/// `consume_size` and the `chunks_timeout` batch size, unless `BENCH_CONSUME_SIZE` says otherwise.
+const CONSUME_SIZE: u64 = 1000;
 /// `chunks_timeout`'s wait for a batch to fill.
 const BATCH_WAIT: Duration = Duration::from_millis(10);
 /// A drain that takes longer has lost messages: the benchmark stops.
@@ -71,6 +72,7 @@ fn main() {
         return;
     }
     let messages = env_number("BENCH_MESSAGES", 200_000);
+    let consume_size = env_number("BENCH_CONSUME_SIZE", CONSUME_SIZE) as usize;
     let runtime = common::runtime();
     let stack = runtime.block_on(async {
         let options = StackOptions {
@@ -127,7 +129,9 @@ fn main() {
                         let mut total = Duration::ZERO;
                         for _ in 0..iterations {
                             let elapsed = match reader {
-                                Reader::Channel => drain_channel(brokers, topic, messages).await,
+                                Reader::Channel => {
+                                    drain_channel(brokers, topic, messages, consume_size).await
+                                }
                                 _ => drain_stream(brokers, topic, messages).await,
                             };
                             tally.record(key, messages, elapsed);
@@ -141,7 +145,12 @@ fn main() {
     }
     group.finish();
     print_summary(&tally, messages);
-    runtime.block_on(slow_reader_memory(&brokers, &topic_name(12), messages));
+    runtime.block_on(slow_reader_memory(
+        &brokers,
+        &topic_name(12),
+        messages,
+        consume_size,
+    ));
     criterion.final_summary();
 }
 
@@ -165,6 +174,9 @@ fn consumer_config(brokers: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("log_level", "3");
+    if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
+        config.set("fetch.wait.max.ms", wait);
+    }
     config
 }
 
@@ -221,17 +233,17 @@ fn scaled(elapsed: Duration, total: u64, first: u64) -> Duration {
     elapsed.mul_f64(total as f64 / (total - first.min(total - 1)) as f64)
 }
 
-async fn drain_channel(brokers: &str, topic: &str, total: u64) -> Duration {
+async fn drain_channel(brokers: &str, topic: &str, total: u64, consume_size: usize) -> Duration {
     let consumer = must(
         "ChannelConsumer",
         ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
-            .consume_size(CONSUME_SIZE)
+            .consume_size(consume_size)
             .key_deserializer(Ignore)
             .value_deserializer(RawBytes)
             .build(),
     );
     let control = consumer.control();
-    let mut batches = pin!(consumer.chunks_timeout(CONSUME_SIZE, BATCH_WAIT));
+    let mut batches = pin!(consumer.chunks_timeout(consume_size, BATCH_WAIT));
     let (mut seen, mut first) = (0u64, None);
     while seen < total {
         let batch = match tokio::time::timeout(DRAIN_TIMEOUT, batches.next()).await {
@@ -326,7 +338,7 @@ fn print_summary(tally: &Tally, messages: u64) {
 /// `ChannelConsumer` with a reader far slower than the poll thread: if its buffer were unbounded, the
 /// poll thread would pull the topic into memory as fast as the broker serves it; bounded, resident
 /// memory stays where it was. Prints resident memory before and while reading.
-async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64) {
+async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64, consume_size: usize) {
     let before = memory::resident_kib(Process::This).ok();
     let sampler = must(
         "memory sampler",
@@ -335,7 +347,7 @@ async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64) {
     let consumer = must(
         "ChannelConsumer",
         ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
-            .consume_size(CONSUME_SIZE)
+            .consume_size(consume_size)
             .key_deserializer(Ignore)
             .value_deserializer(RawBytes)
             .build(),

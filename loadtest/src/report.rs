@@ -228,9 +228,13 @@ fn html_section(figures: &RunFigures) -> String {
             .iter()
             .map(|[second, _, p50, p99, max]| [*second, *p50, *p99, *max])
             .collect();
+        html.push_str(
+            "<p>Each point: the updates made in that second of the run that converged (those that never did \
+             are counted above, not drawn).</p>\n",
+        );
         html.push_str(&line_chart(
             "orders-staleness-chart",
-            "staleness (ms), per second of the run",
+            "staleness (ms)",
             &["p50", "p99", "max"],
             &serde_json::to_string(&series).unwrap_or_else(|_| "[]".into()),
         ));
