@@ -192,10 +192,12 @@ fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
     assert_eq!(report.stats.faults.get("kafka-kill"), Some(&3));
 }
 
+/// A few cases each (every case is a real run of several seconds); shrinking is bounded for the same
+/// reason. `CONSISTENCY_CASES` runs more generated cases.
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases,
-        max_shrink_iters: 6,
+        max_shrink_iters: 3,
         failure_persistence: None,
         ..Config::default()
     })
@@ -212,7 +214,7 @@ fn cases_from_env(default: u32) -> u32 {
 fn generated_scenarios_keep_the_cache_consistent() {
     let harness = Harness::start();
     let strategy = scenario_strategy(3..=6, fault_strategy().boxed());
-    let result = runner(cases_from_env(5)).run(&strategy, |scenario| {
+    let result = runner(cases_from_env(4)).run(&strategy, |scenario| {
         // Correct, with slow fills: reads hold the read-through race window open for 250 ms.
         let report = harness.run(&scenario, "slow-fill");
         print(&report);
