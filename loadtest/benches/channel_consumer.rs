@@ -335,10 +335,30 @@ fn print_summary(tally: &Tally, messages: u64) {
     }
 }
 
-/// `ChannelConsumer` with a reader far slower than the poll thread: if its buffer were unbounded, the
-/// poll thread would pull the topic into memory as fast as the broker serves it; bounded, resident
-/// memory stays where it was. Prints resident memory before and while reading.
+/// `ChannelConsumer` with a reader far slower than the poll thread: were its buffer unbounded, the poll
+/// thread would pull the topic into memory as fast as the broker serves it. Resident memory is sampled
+/// while reading, twice: first with librdkafka's own prefetch queue cut down to 1 MiB and 1000
+/// messages a partition, so that what remains is `ChannelConsumer`'s buffer; then with librdkafka's
+/// defaults (up to 64 MiB of prefetched messages), as the service runs it. (In that order because
+/// memory freed by the first is reused by the second, not returned to the system.)
 async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64, consume_size: usize) {
+    let small_prefetch = [
+        ("queued.max.messages.kbytes", "1024"),
+        ("queued.min.messages", "1000"),
+    ];
+    for (label, settings) in [
+        ("librdkafka prefetch cut to 1 MiB", &small_prefetch[..]),
+        ("librdkafka defaults", &[][..]),
+    ] {
+        let mut config = consumer_config(brokers);
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        slow_read(config, topic, messages, consume_size, label).await;
+    }
+}
+
+async fn slow_read(config: ClientConfig, topic: &str, messages: u64, consume_size: usize, label: &str) {
     let before = memory::resident_kib(Process::This).ok();
     let sampler = must(
         "memory sampler",
@@ -346,7 +366,7 @@ async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64, consume_s
     );
     let consumer = must(
         "ChannelConsumer",
-        ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
+        ChannelConsumer::<(), Vec<u8>>::builder(config, topic)
             .consume_size(consume_size)
             .key_deserializer(Ignore)
             .value_deserializer(RawBytes)
@@ -361,7 +381,7 @@ async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64, consume_s
             Ok(Some(item)) => {
                 must("ChannelConsumer item", item).handle();
                 read += 1;
-                // About 20,000 messages a second at most: a reader far behind the poll thread.
+                // A reader far behind the poll thread: a pause after every 20 messages.
                 if read.is_multiple_of(20) {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -373,7 +393,7 @@ async fn slow_reader_memory(brokers: &str, topic: &str, messages: u64, consume_s
     let _ = control.close().await;
     let rate = read as f64 / started.elapsed().as_secs_f64();
     println!(
-        "\nchannel_consumer: slow reader on {topic}: {read} of {messages} messages in {:.1} s ({rate:.0}/s); \
+        "\nchannel_consumer: slow reader on {topic}, {label}: {read} of {messages} messages in {:.1} s ({rate:.0}/s); \
          resident memory before {:.1} MiB, while reading: first {:.1}, max {:.1}, last {:.1} MiB ({} samples); \
          the topic holds {:.1} MB of payload",
         started.elapsed().as_secs_f64(),

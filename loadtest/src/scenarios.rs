@@ -11,7 +11,8 @@
 //!
 //! goose hands scenarios to users in proportion to their weights (`--weights mix=3,creates=1`: three
 //! users in four run the mix). Users run closed-loop, with no pause between transactions, so the load
-//! is as much as the service answers; cap it with goose's `--throttle-requests`.
+//! is as much as the service answers; cap it with goose's `--throttle-requests` (calls per second of
+//! all users together, see `session::timed`).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -66,11 +66,23 @@ pub fn client(user: &GooseUser) -> Result<OrderServiceClient<Channel>, Box<Trans
 
 /// Times `call`, records it as `rpc`, and hands back its answer (a failed call is recorded as a
 /// failed request and returned, not turned into a transaction error: goose would count it twice).
+///
+/// With goose's `--throttle-requests`, the call first waits for a token of goose's throttle, as goose's
+/// own HTTP requests do (goose applies it to those only; custom requests would bypass it). When the run
+/// ends the throttle closes, and the call is cancelled the way goose cancels its own: no error.
 pub async fn timed<T>(
     user: &mut GooseUser,
     rpc: Rpc,
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<Result<T, tonic::Status>, Box<TransactionError>> {
+    if user.is_throttled
+        && let Some(throttle) = user.throttle.clone()
+    {
+        throttle
+            .send_async(true)
+            .await
+            .map_err(|closed| Box::new(TransactionError::from(closed)))?;
+    }
     let started = Instant::now();
     let answer = call.await.map(tonic::Response::into_inner);
     record(user, rpc, started.elapsed(), &answer).await?;

@@ -1,5 +1,6 @@
 //! One short run on the local stack, as the README's command does it: the three reports come out,
-//! the HTML one loads nothing from the internet, and all of them carry our figures.
+//! the HTML one loads nothing from the internet, all of them carry our figures, and goose's throttle
+//! holds.
 
 use std::process::Command;
 
@@ -18,7 +19,17 @@ fn a_short_run_writes_complete_offline_reports() {
             "--probe-rate",
             "20",
         ])
-        .args(["--weights", "mix=2,cold-reads=1", "-u", "3", "-t", "3s", "-q"])
+        .args([
+            "--weights",
+            "mix=2,cold-reads=1",
+            "-u",
+            "3",
+            "-t",
+            "3s",
+            "-q",
+            "--throttle-requests",
+            "100",
+        ])
         .args([
             "--report-file",
             &html,
