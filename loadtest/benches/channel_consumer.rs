@@ -10,7 +10,9 @@
 //! * `StreamConsumer`: rdkafka's async consumer, one `recv().await` per message, storing each offset.
 //!
 //! All three use `enable.auto.commit=true`, `enable.auto.offset.store=false`,
-//! `auto.offset.reset=earliest`. The clock runs from the first message to the last, so the group join
+//! `auto.offset.reset=earliest`, and otherwise their own defaults (`ChannelConsumer` changes two of
+//! librdkafka's: `fetch.wait.max.ms` and `fetch.queue.backoff.ms`); `BENCH_CONSUMER_CONFIG` gives them
+//! all the same settings on top, to compare the code rather than the configuration. The clock runs from the first message to the last, so the group join
 //! and the close are not in the figures; the messages of the first delivery (one batch for
 //! `ChannelConsumer`, one message for the others) arrived at time zero, so each drain's time is scaled
 //! up by `total / (total - first delivery)`, a correction under 1% at the default size.
@@ -174,10 +176,26 @@ fn consumer_config(brokers: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("log_level", "3");
-    if let Ok(wait) = std::env::var("BENCH_FETCH_WAIT_MS") {
-        config.set("fetch.wait.max.ms", wait);
+    for (key, value) in common_consumer_settings() {
+        config.set(key, value);
     }
     config
+}
+
+/// librdkafka settings given to all three consumers alike: `BENCH_CONSUMER_CONFIG`, as
+/// `key=value,key=value` (for instance `fetch.queue.backoff.ms=10`). Without it each consumer runs with
+/// its own defaults: librdkafka's for the rdkafka loops, `ChannelConsumer`'s for it.
+fn common_consumer_settings() -> Vec<(String, String)> {
+    let Ok(text) = std::env::var("BENCH_CONSUMER_CONFIG") else {
+        return Vec::new();
+    };
+    text.split(',')
+        .filter(|entry| !entry.trim().is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => (key.trim().to_owned(), value.trim().to_owned()),
+            _ => panic!("BENCH_CONSUMER_CONFIG={text:?}: expected key=value,key=value, found {entry:?}"),
+        })
+        .collect()
 }
 
 /// Produces `count` messages round-robin over the partitions and checks that the broker has them.

@@ -37,6 +37,8 @@ use super::poll_loop::{Item, PollLoop};
 
 /// `fetch.wait.max.ms` unless the configuration sets it (see `build`).
 const FETCH_WAIT_MAX_MS: &str = "100";
+/// `fetch.queue.backoff.ms` unless the configuration sets it (see `build`).
+const FETCH_QUEUE_BACKOFF_MS: &str = "10";
 
 /// A batch Kafka consumer of one topic, read as a [`Stream`] of
 /// `Result<KafkaMessage<K, V>, ConsumerError>`. See the [module documentation](super) for the
@@ -222,13 +224,17 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             warn!("enable.auto.offset.store overridden to false: offsets are stored by handle()");
         }
         config.set("enable.auto.offset.store", "false");
-        if config.get("fetch.wait.max.ms").is_none() {
-            // A paused partition, once resumed, is fetched only after the fetch in flight returns, and
-            // the broker holds that one up to fetch.wait.max.ms when the other partitions are idle.
-            // librdkafka's 500 ms then starves a reader that just caught up; 100 ms keeps it fed, for
-            // at most 10 fetch requests a second per idle broker.
-            config.set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-        }
+        // A paused partition, once resumed, is fetched only after the fetch in flight returns, and the
+        // broker holds that one up to fetch.wait.max.ms when the other partitions are idle. librdkafka's
+        // 500 ms then starves a reader that just caught up; 100 ms keeps it fed, for at most 10 fetch
+        // requests a second per idle broker.
+        set_default(&mut config, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
+        // When its prefetch queue passes queued.min.messages, librdkafka stops fetching for
+        // fetch.queue.backoff.ms and does not look again before that time is up, even if the queue
+        // drained long before. With librdkafka's 1000 ms, a consumer that reads a backlog a little slower
+        // than the broker serves it drains its 100,000 prefetched messages, then idles for the rest of
+        // the second: the benchmark measured ~180,000 messages/s, against over a million with 10 ms.
+        set_default(&mut config, "fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
 
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         let buffer = Arc::new(DeliveryBuffer::new());
@@ -262,6 +268,13 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             control: ConsumerControl { requests },
             poll_thread: Some(poll_thread),
         })
+    }
+}
+
+/// Sets `key` unless the user's configuration already does.
+fn set_default(config: &mut ClientConfig, key: &str, value: &str) {
+    if config.get(key).is_none() {
+        config.set(key, value);
     }
 }
 

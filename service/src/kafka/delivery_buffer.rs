@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 pub(crate) struct DeliveryBuffer<T> {
     inner: Mutex<Inner<T>>,
-    /// Signalled when the reader takes an item, for [`wait_below`](DeliveryBuffer::wait_below).
+    /// Signalled when the reader takes an item while the poll thread waits in
+    /// [`wait_below`](DeliveryBuffer::wait_below).
     taken: Condvar,
 }
 
@@ -32,6 +33,11 @@ struct Inner<T> {
     last_served: Option<i32>,
     /// The reader waiting for an item, if it found none.
     waker: Option<Waker>,
+    /// While the poll thread waits in [`wait_below`](DeliveryBuffer::wait_below): the length it waits
+    /// for the buffer to drop under. The reader signals `taken` only then, not on every item: a
+    /// condition-variable signal is a system call, and the reader takes hundreds of thousands of items a
+    /// second.
+    awaited_below: Option<usize>,
     /// An item to hand out before anything else, then end (a fatal error).
     last_words: Option<T>,
     finished: bool,
@@ -45,6 +51,7 @@ impl<T> DeliveryBuffer<T> {
                 len: 0,
                 last_served: None,
                 waker: None,
+                awaited_below: None,
                 last_words: None,
                 finished: false,
             }),
@@ -108,12 +115,14 @@ impl<T> DeliveryBuffer<T> {
             if left.is_zero() {
                 break;
             }
+            inner.awaited_below = Some(limit);
             inner = self
                 .taken
                 .wait_timeout(inner, left)
                 .map(|(guard, _)| guard)
                 .unwrap_or_else(|poisoned| poisoned.into_inner().0);
         }
+        inner.awaited_below = None;
         inner.len
     }
 
@@ -156,8 +165,11 @@ impl<T> DeliveryBuffer<T> {
         match item {
             Some(item) => {
                 inner.len -= 1;
+                let awaited = inner.awaited_below.is_some_and(|limit| inner.len < limit);
                 drop(inner);
-                self.taken.notify_one();
+                if awaited {
+                    self.taken.notify_one();
+                }
                 Poll::Ready(Some(item))
             }
             None => {
