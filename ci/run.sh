@@ -10,28 +10,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash ci/setup.sh
 cargo build -q -p harness --bin stack -p service --bin orders-service
 
-endpoints="$(mktemp)"
-# A session of its own: Ctrl-C goes to the service only; the stack stops after it (see cleanup).
-setsid ./target/debug/stack up >"$endpoints" &
-stack_pid=$!
-cleanup() {
-  kill -TERM "$stack_pid" 2>/dev/null || true
-  wait "$stack_pid" 2>/dev/null || true
-  rm -f "$endpoints"
-}
-trap cleanup EXIT
-
-for _ in $(seq 1 600); do
-  grep -qx ready "$endpoints" && break
-  kill -0 "$stack_pid" 2>/dev/null || { echo "run: the stack did not start" >&2; exit 1; }
-  sleep 0.2
-done
-grep -qx ready "$endpoints" || { echo "run: the stack was not ready within 120 s" >&2; exit 1; }
-eval "$(grep '^export ' "$endpoints")"
+# shellcheck source=ci/stack.sh
+source ci/stack.sh
+start_stack ./target/debug/stack
 export GRPC_ADDR="${GRPC_ADDR:-127.0.0.1:50051}" METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}"
 
 echo "run: stack ready; to reach it from another shell:"
-grep '^export ' "$endpoints" | sed 's/^/  /'
+print_stack_endpoints
 echo "run: orders-service on $GRPC_ADDR (metrics on http://$METRICS_ADDR/metrics); Ctrl-C stops everything"
 ./target/debug/orders-service &
 service_pid=$!
