@@ -9,6 +9,7 @@
 //! code. The channel is drained on every turn of the poll loop (at least every 100 ms) and inside the
 //! rebalance callback, before revoked partitions are committed.
 
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
 use tokio::sync::oneshot;
@@ -35,20 +36,38 @@ pub(crate) struct Handled {
     pub epoch: Epoch,
 }
 
+/// What the messages of one batch share: the way to the poll thread, and the topic they came from.
+///
+/// One reference count per batch, not one per message: the poll thread takes the references and the
+/// reader drops them, on two cores at once. Counters touched per message by both (a `Sender` clone and
+/// an `Arc<str>` clone in every message) would bounce their cache lines between the cores hundreds of
+/// thousands of times a second; a batch's own counter is touched by one side at a time.
+#[derive(Debug)]
+pub(crate) struct BatchShared {
+    requests: Sender<Request>,
+    topic: Arc<str>,
+}
+
+impl BatchShared {
+    pub fn new(requests: Sender<Request>, topic: Arc<str>) -> Arc<Self> {
+        Arc::new(Self { requests, topic })
+    }
+}
+
 /// The token a delivered message carries to acknowledge itself.
 ///
 /// Acknowledging twice is harmless (the second is ignored), and so is acknowledging after the partition
 /// was revoked: the epoch no longer matches, and the new owner of the partition re-reads the message.
 #[derive(Debug, Clone)]
 pub(crate) struct Acknowledgement {
-    requests: Sender<Request>,
+    batch: Arc<BatchShared>,
     handled: Handled,
 }
 
 impl Acknowledgement {
-    pub fn new(requests: Sender<Request>, partition: i32, offset: i64, epoch: Epoch) -> Self {
+    pub fn new(batch: Arc<BatchShared>, partition: i32, offset: i64, epoch: Epoch) -> Self {
         Self {
-            requests,
+            batch,
             handled: Handled {
                 partition,
                 offset,
@@ -61,9 +80,14 @@ impl Acknowledgement {
         self.handled.epoch
     }
 
+    /// The topic of the message.
+    pub fn topic(&self) -> &str {
+        &self.batch.topic
+    }
+
     pub fn acknowledge(&self) {
         // A send fails only once the consumer is closed: then there is nothing left to acknowledge to,
         // and the message will be re-read by whoever consumes the partition next.
-        let _ = self.requests.send(Request::Handled(self.handled));
+        let _ = self.batch.requests.send(Request::Handled(self.handled));
     }
 }

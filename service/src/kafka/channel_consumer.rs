@@ -55,9 +55,11 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
     /// * `config` needs `bootstrap.servers` and `group.id`; `enable.auto.offset.store` is always set to
     ///   `false` (offsets are stored by `handle()`); `enable.auto.commit` is yours to choose: with `true`
     ///   librdkafka commits the stored offsets every `auto.commit.interval.ms`, with `false` they are
-    ///   committed by [`commit`](Self::commit), on revocation and on close. `fetch.wait.max.ms` defaults
-    ///   to 100 ms instead of librdkafka's 500 ms, so that partitions resumed after back-pressure are
-    ///   fetched again without a long wait.
+    ///   committed by [`commit`](Self::commit), on revocation and on close. Two of librdkafka's defaults
+    ///   change unless `config` sets them: `fetch.wait.max.ms` 100 ms instead of 500 ms, so that
+    ///   partitions resumed after back-pressure are fetched again without a long wait, and
+    ///   `fetch.queue.backoff.ms` 10 ms instead of 1000 ms, so that a full prefetch queue does not stop
+    ///   fetching for a second after it drained (see `build`).
     /// * `consume_size` is the most messages read from librdkafka in one go, and the size of the
     ///   internal buffer (which may briefly hold more, under twice that, see the module documentation).
     /// * `None` for a deserializer picks the default one for the type, or fails with

@@ -7,7 +7,6 @@
 //! that one poison message does not hold its partition's committed offset back forever.
 
 use std::fmt;
-use std::sync::Arc;
 
 use rdkafka::Timestamp;
 use rdkafka::message::OwnedHeaders;
@@ -16,10 +15,10 @@ use super::acknowledgement::Acknowledgement;
 use super::error::{DeserializeError, MessagePart};
 use super::offsets::Epoch;
 
-/// Where a message came from: topic, partition, offset, and the broker's metadata.
+/// Where a message came from: partition, offset, and the broker's metadata (the topic is in its
+/// [`Acknowledgement`], shared by its batch).
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
-    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub timestamp: Timestamp,
@@ -70,7 +69,7 @@ impl<K, V> KafkaMessage<K, V> {
     }
 
     pub fn topic(&self) -> &str {
-        &self.origin.topic
+        self.acknowledgement.topic()
     }
 
     pub fn partition(&self) -> i32 {
@@ -114,7 +113,7 @@ pub struct MessageReceipt {
 
 impl MessageReceipt {
     pub fn topic(&self) -> &str {
-        &self.origin.topic
+        self.acknowledgement.topic()
     }
 
     pub fn partition(&self) -> i32 {
@@ -166,7 +165,7 @@ impl UndecodableMessage {
     }
 
     pub fn topic(&self) -> &str {
-        &self.origin.topic
+        self.acknowledgement.topic()
     }
 
     pub fn partition(&self) -> i32 {
@@ -221,7 +220,11 @@ impl fmt::Display for UndecodableMessage {
         write!(
             f,
             "cannot deserialize the {} of the message at topic {}, partition {}, offset {}: {}",
-            self.part, self.origin.topic, self.origin.partition, self.origin.offset, self.source
+            self.part,
+            self.acknowledgement.topic(),
+            self.origin.partition,
+            self.origin.offset,
+            self.source
         )
     }
 }

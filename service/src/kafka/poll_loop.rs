@@ -32,7 +32,7 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::acknowledgement::{Acknowledgement, Request};
+use super::acknowledgement::{Acknowledgement, BatchShared, Request};
 use super::context::{PolledConsumer, partition_list};
 use super::deserializer::Deserializer;
 use super::error::{ConsumerError, MessagePart};
@@ -169,6 +169,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         } else {
             PAUSED_POLL
         };
+        let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         while batch.len() < room {
             let polled = self.consumer.poll(timeout);
@@ -176,7 +177,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             match polled {
                 None => break,
                 Some(Ok(message)) => {
-                    if let Some(item) = self.receive(&message) {
+                    if let Some(item) = self.receive(&message, &shared) {
                         batch.push(item);
                     }
                 }
@@ -210,7 +211,11 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     }
 
     /// Registers a received message with the offset tracker and deserializes it.
-    fn receive(&self, message: &BorrowedMessage<'_>) -> Option<(i32, Epoch, Item<K, V>)> {
+    fn receive(
+        &self,
+        message: &BorrowedMessage<'_>,
+        shared: &Arc<BatchShared>,
+    ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
         let epoch = self.consumer.context().state().offsets.deliver(partition, offset);
         let Some(epoch) = epoch else {
@@ -218,13 +223,12 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             return None;
         };
         let origin = Origin {
-            topic: self.topic.clone(),
             partition,
             offset,
             timestamp: message.timestamp(),
             headers: message.headers().map(|headers| headers.detach()),
         };
-        let acknowledgement = Acknowledgement::new(self.requests.clone(), partition, offset, epoch);
+        let acknowledgement = Acknowledgement::new(shared.clone(), partition, offset, epoch);
         let key = self.key_deserializer.deserialize(message.key());
         let value = self.value_deserializer.deserialize(message.payload());
         let item = match (key, value) {
