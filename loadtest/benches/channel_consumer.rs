@@ -18,8 +18,9 @@
 //! up by `total / (total - first delivery)`, a correction under 1% at the default size.
 //!
 //! Criterion reports messages/s and bytes/s of each; the end of the run prints the medians and the
-//! ratios the issue sets targets for, and then a memory check of `ChannelConsumer`'s buffer with a slow
-//! reader.
+//! ratios the issue sets targets for, the same ratios from rounds of back-to-back drains (steadier on a
+//! machine whose speed shifts between benchmarks), and then a memory check of `ChannelConsumer`'s buffer
+//! with a slow reader.
 
 mod common;
 
@@ -147,6 +148,7 @@ fn main() {
     }
     group.finish();
     print_summary(&tally, messages);
+    paired_rounds(&runtime, &brokers, messages, consume_size);
     runtime.block_on(slow_reader_memory(
         &brokers,
         &topic_name(12),
@@ -350,6 +352,56 @@ fn print_summary(tally: &Tally, messages: u64) {
                 ratio(Some(median), stream),
             );
         }
+    }
+}
+
+/// The ratios again, from drains taken in rounds: each round drains a topic with the three consumers one
+/// right after the other, so that the ratios of a round compare drains seconds apart, not the minutes
+/// between two criterion benchmarks, over which this machine's speed shifts. The order rotates from round
+/// to round so that no consumer always comes first. `BENCH_PAIRED_ROUNDS` rounds per topic (default 3).
+fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64, consume_size: usize) {
+    const READERS: [Reader; 3] = [Reader::Channel, Reader::Base, Reader::Stream];
+    let rounds = env_number("BENCH_PAIRED_ROUNDS", 3) as usize;
+    println!(
+        "\nchannel_consumer: {rounds} rounds of the three consumers back to back, {messages} messages each"
+    );
+    println!(
+        "| partitions | ChannelConsumer / BaseConsumer: median (min-max) | ChannelConsumer / StreamConsumer |"
+    );
+    println!("|---|---|---|");
+    for partitions in PARTITIONS {
+        let topic = topic_name(partitions);
+        let (mut vs_base, mut vs_stream) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let mut rates = [0.0; 3];
+            for turn in 0..READERS.len() {
+                let index = (round + turn) % READERS.len();
+                let elapsed = match READERS[index] {
+                    Reader::Channel => {
+                        runtime.block_on(drain_channel(brokers, &topic, messages, consume_size))
+                    }
+                    Reader::Base => drain_base(brokers, &topic, messages),
+                    Reader::Stream => runtime.block_on(drain_stream(brokers, &topic, messages)),
+                };
+                rates[index] = messages as f64 / elapsed.as_secs_f64().max(1e-9);
+            }
+            vs_base.push(rates[0] / rates[1]);
+            vs_stream.push(rates[0] / rates[2]);
+        }
+        println!(
+            "| {partitions} | {} | {} |",
+            spread(&mut vs_base),
+            spread(&mut vs_stream)
+        );
+    }
+}
+
+/// "median (min-max)" of ratios.
+fn spread(ratios: &mut [f64]) -> String {
+    ratios.sort_by(f64::total_cmp);
+    match (ratios.first(), ratios.get(ratios.len() / 2), ratios.last()) {
+        (Some(min), Some(median), Some(max)) => format!("{median:.2}x ({min:.2}-{max:.2})"),
+        _ => "n/a".into(),
     }
 }
 
