@@ -12,10 +12,11 @@
 //! All three use `enable.auto.commit=true`, `enable.auto.offset.store=false`,
 //! `auto.offset.reset=earliest`, and otherwise their own defaults (`ChannelConsumer` changes two of
 //! librdkafka's: `fetch.wait.max.ms` and `fetch.queue.backoff.ms`); `BENCH_CONSUMER_CONFIG` gives them
-//! all the same settings on top, to compare the code rather than the configuration. The clock runs from the first message to the last, so the group join
-//! and the close are not in the figures; the messages of the first delivery (one batch for
-//! `ChannelConsumer`, one message for the others) arrived at time zero, so each drain's time is scaled
-//! up by `total / (total - first delivery)`, a correction under 1% at the default size.
+//! all the same settings on top, to compare the code rather than the configuration. The clock runs from
+//! the first message to the last, so the group join and the close are not in the figures; the messages
+//! of the first delivery (one batch for `ChannelConsumer`, one message for the others) arrived at time
+//! zero, so each drain's time is scaled up by `total / (total - first delivery)`, a correction under 1%
+//! at the default size.
 //!
 //! Criterion reports messages/s and bytes/s of each; the end of the run prints the medians and the
 //! ratios the issue sets targets for, the same ratios from rounds of back-to-back drains (steadier on a
@@ -116,33 +117,16 @@ fn main() {
         for reader in [Reader::Channel, Reader::Base, Reader::Stream] {
             let id = BenchmarkId::new(reader.name(), partitions);
             let key = format!("{}/{partitions}", reader.name());
-            group.bench_function(id, |b| match reader {
-                Reader::Base => b.iter_custom(|iterations| {
+            group.bench_function(id, |b| {
+                b.iter_custom(|iterations| {
                     (0..iterations)
                         .map(|_| {
-                            let elapsed = drain_base(&brokers, &topic, messages);
+                            let elapsed = drain(&runtime, reader, &brokers, &topic, messages, consume_size);
                             tally.record(&key, messages, elapsed);
                             elapsed
                         })
                         .sum()
-                }),
-                Reader::Channel | Reader::Stream => b.to_async(&runtime).iter_custom(|iterations| {
-                    let (brokers, topic, key, tally) = (&brokers, &topic, &key, &tally);
-                    async move {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iterations {
-                            let elapsed = match reader {
-                                Reader::Channel => {
-                                    drain_channel(brokers, topic, messages, consume_size).await
-                                }
-                                _ => drain_stream(brokers, topic, messages).await,
-                            };
-                            tally.record(key, messages, elapsed);
-                            total += elapsed;
-                        }
-                        total
-                    }
-                }),
+                })
             });
         }
     }
@@ -246,6 +230,22 @@ fn produce(brokers: &str, topic: &str, partitions: i32, count: u64) {
         stored, count as i64,
         "{topic} holds {stored} messages, not {count}"
     );
+}
+
+/// Drains `topic` once with `reader`; the time from its first message to its last.
+fn drain(
+    runtime: &tokio::runtime::Runtime,
+    reader: Reader,
+    brokers: &str,
+    topic: &str,
+    messages: u64,
+    consume_size: usize,
+) -> Duration {
+    match reader {
+        Reader::Channel => runtime.block_on(drain_channel(brokers, topic, messages, consume_size)),
+        Reader::Base => drain_base(brokers, topic, messages),
+        Reader::Stream => runtime.block_on(drain_stream(brokers, topic, messages)),
+    }
 }
 
 /// The elapsed time of a drain whose first `first` of `total` messages arrived at its start.
@@ -376,13 +376,7 @@ fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64
             let mut rates = [0.0; 3];
             for turn in 0..READERS.len() {
                 let index = (round + turn) % READERS.len();
-                let elapsed = match READERS[index] {
-                    Reader::Channel => {
-                        runtime.block_on(drain_channel(brokers, &topic, messages, consume_size))
-                    }
-                    Reader::Base => drain_base(brokers, &topic, messages),
-                    Reader::Stream => runtime.block_on(drain_stream(brokers, &topic, messages)),
-                };
+                let elapsed = drain(runtime, READERS[index], brokers, &topic, messages, consume_size);
                 rates[index] = messages as f64 / elapsed.as_secs_f64().max(1e-9);
             }
             vs_base.push(rates[0] / rates[1]);
