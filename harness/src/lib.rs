@@ -1,7 +1,14 @@
 //! The test harness of the orders cache: real PostgreSQL, Redis and Kafka for tests and tools
-//! ([`stack`]), and the consistency checks that run against them.
+//! ([`stack`]), the one test support of the workspace ([`app`]: the service on a stack in one call;
+//! [`client`]: one method per RPC; [`inspect`]: what Redis really holds; [`stats`]: percentiles), the
+//! service's nodes with their broken variants ([`node`]), and the consistency checks ([`consistency`]).
 
+pub mod app;
+pub mod client;
 pub mod consistency;
+pub mod inspect;
+pub mod node;
 pub mod stack;
+pub mod stats;
 
 pub use stack::{Backend, Endpoints, Service, Stack, StackError, StackOptions, TopicSpec};

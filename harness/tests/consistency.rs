@@ -2,13 +2,21 @@
 //!
 //! * A fixed tour: every fault kind at least once, several rebalances, thousands of writes.
 //! * proptest: generated scenarios of operations and faults, shrunk to a short sequence on failure.
-//! * Proof that it can fail: each deliberately broken variant of the service must be caught, and the
-//!   failing scenario shrunk. These pass when the checker reports the bug.
+//! * Proof that it can fail: each deliberately broken variant of the service must be caught, by the
+//!   invariant it breaks, and the failing scenario shrunk.
+//!
+//! Every run must also reach its floors (writes answered, reads served by the cache, writes the
+//! pipeline had to carry, rebalances the updaters counted, keys evicted): a run that did not do the
+//! work proves nothing, and fails its test whatever the verdict. A run that could not be carried out
+//! (the stack failed, the probe never got through) fails its test too: it is never a catch.
 
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 
 use harness::consistency::scenario::{Assignment, Fault, Scenario, Step, fault_strategy, scenario_strategy};
-use harness::consistency::{ClusterConfig, Report, check, run};
+use harness::consistency::{ClusterConfig, Invariant, Report, check, run};
+use harness::node::Variant;
 use harness::{Backend, Stack, StackOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
@@ -48,12 +56,14 @@ impl Harness {
         }
     }
 
-    fn run(&self, scenario: &Scenario, fault: &str) -> Report {
+    /// Runs `scenario` against `variant` and checks it; `Err` if the run could not be carried out, or
+    /// did not reach its floors.
+    fn run(&self, scenario: &Scenario, variant: Variant) -> Result<Report, String> {
         let index = self.runs.get() + 1;
         self.runs.set(index);
         let config = ClusterConfig {
             node_binary: PathBuf::from(env!("CARGO_BIN_EXE_orders-node")),
-            fault: fault.to_string(),
+            variant,
             assignment: scenario.assignment,
             partitions: 3,
             log_dir: self.logs.path().to_path_buf(),
@@ -64,33 +74,65 @@ impl Harness {
         let outcome = self
             .runtime
             .block_on(run(&self.stack, config, scenario.steps.clone(), &name, |_, _| {}))
-            .unwrap_or_else(|e| panic!("the run could not be carried out: {e}"));
-        check(&outcome)
+            .map_err(|e| format!("the run could not be carried out: {}", chain(&e)))?;
+        let report = check(&outcome);
+        print(&report);
+        if report.shortfalls.is_empty() {
+            Ok(report)
+        } else {
+            Err(format!(
+                "the run did not do enough to mean anything:\n{}",
+                report.shortfalls.join("\n")
+            ))
+        }
     }
+
+    /// [`run`](Self::run), for a correct variant: any violation fails the test.
+    fn run_consistent(&self, scenario: &Scenario) -> Report {
+        let report = self
+            .run(scenario, Variant::Correct)
+            .unwrap_or_else(|e| panic!("{scenario}\n{e}"));
+        assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
+        report
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 fn print(report: &Report) {
     let s = &report.stats;
     let st = &report.staleness;
     println!(
-        "{} operations ({} writes, {} reads, {} refused, {} unknown), {} orders, {} committed versions, \
-         faults {:?}, {} partition assignments, {:.1} s",
+        "{} operations ({} writes, {} reads of which {} orders from the cache, {} refused, {} unknown), \
+         {} orders, {} committed versions, faults {:?}, {} rebalances, {} keys evicted, {:.1} s",
         s.operations,
         s.writes,
         s.reads,
+        s.cache_reads,
         s.refused,
         s.unknown,
         s.orders,
         s.committed_versions,
         s.faults,
         s.rebalances,
+        s.evicted_keys,
         s.duration_s
     );
     println!("calls without an answer, by reason: {:?}", s.unknown_reasons);
     for (name, d) in [("no fault", &st.no_fault), ("during faults", &st.during_fault)] {
         println!(
-            "staleness {name}: {} writes, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {:.2}% within 1 s, {:.2}% within 5 s",
+            "staleness {name}: {} writes ({} samples), p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, \
+             {:.2}% within 1 s, {:.2}% within 5 s",
             d.writes,
+            d.samples,
             d.p50_ms,
             d.p99_ms,
             d.max_ms,
@@ -98,9 +140,12 @@ fn print(report: &Report) {
             d.within_5s * 100.0
         );
     }
+    if !report.is_consistent() {
+        println!("violations:\n{}", report.summary(10));
+    }
 }
 
-/// Every fault kind, traffic around each, about 3000 operations.
+/// Every fault kind, traffic around each, about 4000 operations.
 fn tour(assignment: Assignment) -> Scenario {
     let faults = [
         Fault::AddUpdater,
@@ -111,6 +156,8 @@ fn tour(assignment: Assignment) -> Scenario {
         Fault::KafkaDown { kill_api: true },
         Fault::KafkaKill,
         Fault::RedisRestart,
+        Fault::RedisFlush,
+        Fault::RedisEvict,
         Fault::RedisPause {
             restart_updater: true,
         },
@@ -138,10 +185,7 @@ fn tour(assignment: Assignment) -> Scenario {
 #[test]
 fn a_tour_of_every_fault_keeps_the_cache_consistent() {
     let harness = Harness::start();
-    let scenario = tour(Assignment::Range);
-    let report = harness.run(&scenario, "none");
-    print(&report);
-    assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
+    let report = harness.run_consistent(&tour(Assignment::Range));
     assert!(
         report.stats.writes >= 1000,
         "a tour checks thousands of writes: {}",
@@ -154,8 +198,8 @@ fn a_tour_of_every_fault_keeps_the_cache_consistent() {
         report.stats.faults
     );
     assert!(
-        report.stats.rebalances >= 4,
-        "several rebalances: {}",
+        report.stats.rebalances >= 5,
+        "the updaters counted a rebalance for each of the 5 membership changes: {}",
         report.stats.rebalances
     );
 }
@@ -186,9 +230,7 @@ fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
         assignment: Assignment::CooperativeSticky,
         steps,
     };
-    let report = harness.run(&scenario, "none");
-    print(&report);
-    assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
+    let report = harness.run_consistent(&scenario);
     assert_eq!(report.stats.faults.get("kafka-kill"), Some(&3));
 }
 
@@ -210,43 +252,102 @@ fn cases_from_env(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// Runs `body` for each generated case. Errors of the runs themselves (and panics of the harness) are
+/// kept aside and fail the test at the end, whatever proptest concluded: proptest counts a panic as
+/// a failing case, which would pass for a catch.
+fn each_case(
+    cases: u32,
+    strategy: impl Strategy<Value = Scenario>,
+    body: impl Fn(&Scenario) -> Result<Result<(), String>, String>,
+) -> Result<(), TestError<Scenario>> {
+    let errors = RefCell::new(Vec::new());
+    let result = runner(cases).run(&strategy, |scenario| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| body(&scenario))) {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(failure))) => Err(TestCaseError::fail(failure)),
+            Ok(Err(error)) => {
+                errors.borrow_mut().push(format!("{scenario}{error}"));
+                Ok(())
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                errors
+                    .borrow_mut()
+                    .push(format!("{scenario}the harness panicked: {message}"));
+                Ok(())
+            }
+        }
+    });
+    let errors = errors.into_inner();
+    assert!(
+        errors.is_empty(),
+        "runs that could not be carried out:\n{}",
+        errors.join("\n\n")
+    );
+    result
+}
+
 #[test]
 fn generated_scenarios_keep_the_cache_consistent() {
     let harness = Harness::start();
     let strategy = scenario_strategy(3..=6, fault_strategy().boxed());
-    let result = runner(cases_from_env(4)).run(&strategy, |scenario| {
-        // Correct, with slow fills: reads hold the read-through race window open for 250 ms.
-        let report = harness.run(&scenario, "slow-fill");
-        print(&report);
-        if report.is_consistent() {
+    // Correct, with slow fills: reads hold the read-through race window open for up to 500 ms.
+    let result = each_case(cases_from_env(4), strategy, |scenario| {
+        let report = harness.run(scenario, Variant::SlowFill)?;
+        Ok(if report.is_consistent() {
             Ok(())
         } else {
-            Err(TestCaseError::fail(format!("{scenario}\n{}", report.summary(20))))
-        }
+            Err(format!("{scenario}\n{}", report.summary(20)))
+        })
     });
     if let Err(error) = result {
         panic!("{error}");
     }
 }
 
-/// Runs generated scenarios against a broken `variant` and requires the checker to catch it; prints the
-/// shrunk scenario and what the checker said.
-fn assert_caught(variant: &str, strategy: impl Strategy<Value = Scenario>) {
+/// Runs generated scenarios against a broken `variant` and requires the checker to catch it by one of
+/// the invariants it breaks. A violation of any other invariant fails the test: the variant was
+/// caught for the wrong reason, or the harness broke something itself.
+fn assert_caught(variant: Variant, strategy: impl Strategy<Value = Scenario>) {
+    let expected = variant.breaks();
+    assert!(!expected.is_empty(), "{variant:?} is not a broken variant");
     let harness = Harness::start();
-    let result = runner(4).run(&strategy, |scenario| {
-        let report = harness.run(&scenario, variant);
-        if report.is_consistent() {
-            Ok(())
-        } else {
-            Err(TestCaseError::fail(report.summary(5)))
+    let wrong_reason = RefCell::new(Vec::new());
+    let result = each_case(4, strategy, |scenario| {
+        let report = harness.run(scenario, variant)?;
+        let violated = report.violated();
+        let others: Vec<Invariant> = violated
+            .iter()
+            .copied()
+            .filter(|i| !expected.contains(i))
+            .collect();
+        if !others.is_empty() {
+            wrong_reason
+                .borrow_mut()
+                .push(format!("{scenario}violated {others:?}:\n{}", report.summary(10)));
         }
+        Ok(if violated.iter().any(|i| expected.contains(i)) {
+            Err(format!("caught by {violated:?}:\n{}", report.summary(5)))
+        } else {
+            Ok(())
+        })
     });
+    let wrong_reason = wrong_reason.into_inner();
+    assert!(
+        wrong_reason.is_empty(),
+        "{variant:?} broke invariants other than {expected:?}:\n{}",
+        wrong_reason.join("\n\n")
+    );
     match result {
         Err(TestError::Fail(reason, shrunk)) => {
-            println!("{variant} caught; shrunk to\n{shrunk}checker: {reason}");
+            println!("{variant:?} caught; shrunk to\n{shrunk}checker: {reason}");
         }
-        Err(TestError::Abort(reason)) => panic!("{variant}: the run was aborted: {reason}"),
-        Ok(()) => panic!("the checker did not catch the broken variant {variant}"),
+        Err(TestError::Abort(reason)) => panic!("{variant:?}: the run was aborted: {reason}"),
+        Ok(()) => panic!("the checker did not catch the broken variant {variant:?}"),
     }
 }
 
@@ -272,10 +373,19 @@ fn fault(fault: Fault) -> impl Strategy<Value = Step> {
     (40u16..=100, any::<u64>()).prop_map(move |(traffic, seed)| Step::Fault { fault, traffic, seed })
 }
 
+/// Key loss of every kind, under traffic: what a late fill needs to bring back an older version.
+fn key_loss() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        fault(Fault::RedisFlush),
+        fault(Fault::RedisEvict),
+        fault(Fault::RedisRestart),
+    ]
+}
+
 #[test]
 fn the_checker_catches_a_blind_cache_write() {
     assert_caught(
-        "blind-cache-write",
+        Variant::BlindCacheWrite,
         with_steps((traffic(), fault(Fault::KillUpdater), traffic()).prop_map(|(a, b, c)| vec![a, b, c])),
     );
 }
@@ -283,7 +393,7 @@ fn the_checker_catches_a_blind_cache_write() {
 #[test]
 fn the_checker_catches_commit_then_produce() {
     assert_caught(
-        "commit-then-produce",
+        Variant::CommitThenProduce,
         with_steps((traffic(), fault(Fault::KafkaDown { kill_api: true })).prop_map(|(a, b)| vec![a, b])),
     );
 }
@@ -291,15 +401,42 @@ fn the_checker_catches_commit_then_produce() {
 #[test]
 fn the_checker_catches_a_blind_fill_on_a_miss() {
     assert_caught(
-        "blind-fill",
+        Variant::BlindFill,
         with_steps((traffic(), traffic()).prop_map(|(a, b)| vec![a, b])),
     );
 }
 
 #[test]
+fn the_checker_catches_a_fill_without_a_lease() {
+    assert_caught(
+        Variant::FillWithoutLease,
+        with_steps((traffic(), key_loss(), key_loss(), traffic()).prop_map(|(a, b, c, d)| vec![a, b, c, d])),
+    );
+}
+
+/// The correct service under the very scenarios that catch the fill without a lease.
+#[test]
+fn fills_under_leases_survive_the_key_loss_that_catches_the_fill_without_one() {
+    let harness = Harness::start();
+    let strategy =
+        with_steps((traffic(), key_loss(), key_loss(), traffic()).prop_map(|(a, b, c, d)| vec![a, b, c, d]));
+    let result = each_case(cases_from_env(4), strategy, |scenario| {
+        let report = harness.run(scenario, Variant::SlowFill)?;
+        Ok(if report.is_consistent() {
+            Ok(())
+        } else {
+            Err(format!("{scenario}\n{}", report.summary(20)))
+        })
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+#[test]
 fn the_checker_catches_offsets_stored_on_receipt() {
     assert_caught(
-        "store-on-receipt",
+        Variant::StoreOnReceipt,
         with_steps(
             (
                 traffic(),

@@ -74,6 +74,6 @@ impl CacheAdmin {
 /// The service's own cache key for an order.
 fn key(order_id: i64) -> Result<String, CacheAdminError> {
     OrderId::parse(order_id)
-        .map(OrderId::cache_key)
+        .map(|id| service::cache::key(id.get()))
         .map_err(|_| CacheAdminError::OrderId(order_id))
 }

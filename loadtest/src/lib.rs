@@ -16,7 +16,7 @@
 //! * [`scenarios`]: the goose scenarios and their weights;
 //! * [`staleness`]: the probe timing an update until the cache serves it;
 //! * [`memory`]: resident-memory sampling;
-//! * [`stats`]: percentiles of latency samples;
+//! * [`stats`]: percentiles of latency samples (the harness's, shared);
 //! * [`report`]: our figures, and the post-processing of goose's reports (offline charts).
 
 pub mod cache_admin;
@@ -27,6 +27,6 @@ pub mod scenarios;
 pub mod seed;
 pub mod session;
 pub mod staleness;
-pub mod stats;
+pub use harness::stats;
 pub mod target;
 pub mod workload;

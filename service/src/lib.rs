@@ -18,7 +18,6 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod events;
-pub mod faults;
 pub mod grpc;
 pub mod kafka;
 pub mod proto;

@@ -11,8 +11,8 @@ use service::{shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing();
     let settings = cli.settings;
+    telemetry::init(&settings)?;
     let components = match cli.command {
         Some(Command::Migrate) => {
             let storage = Storage::connect_lazy(&settings.database_url, 1)?;
@@ -23,10 +23,6 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Run { components }) => components,
         None => vec![Component::Api, Component::Relay, Component::Updater],
     };
-    if let Some(address) = settings.metrics_addr {
-        telemetry::metrics::install(address).context("starting the metrics endpoint")?;
-        tracing::info!(%address, "metrics at /metrics");
-    }
     let shutdown = shutdown::on_signals();
     let application = Application::build(settings, components)
         .await

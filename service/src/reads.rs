@@ -1,28 +1,60 @@
 //! Cache-first reads: Redis first, PostgreSQL for what the cache does not have.
 //!
-//! * One `MGET` for all requested ids, then one database query for all the misses.
-//! * Misses are filled through the cache's version compare-and-set, so a reader holding a version it
-//!   read a moment ago can never overwrite a newer one the updater wrote meanwhile.
-//! * `min_version` (read-your-writes): a cached copy older than it is bypassed.
-//! * Redis is optional: when it does not answer, every id is a miss and the database answers.
-//! * A corrupt cached value is a miss; it is deleted (if still there) and refilled.
+//! * One `MGET` for all requested ids; for the misses, one pipelined round trip of leases, then one
+//!   database query, then one pipelined round trip of fills (the [protocol](crate::cache)).
+//! * A miss takes its lease *before* the database read, and its fill lands only while the lease holds,
+//!   so a reader holding a version it read a moment ago never overwrites a newer one, even if the key
+//!   vanished in between.
+//! * `min_version` (read-your-writes): a cached copy older than it is bypassed, and left for the
+//!   updater to replace.
+//! * Redis is optional: when it does not answer, every id is a miss, no lease is asked for, and the
+//!   database answers.
+//! * A corrupt cached value is a miss; the lease replaces it (if it is still there).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 
-use crate::cache::{Cached, OrderCache};
+use crate::cache::{CacheError, Cached, Lease, Miss, OrderCache, WriteOutcome};
 use crate::domain::OrderId;
 use crate::proto::orders::v1 as pb;
 use crate::storage::{Storage, StorageError};
 use crate::telemetry::metrics;
 
+/// What the read path needs from a cache: [`OrderCache`]'s lookups, leases and fills. A seam, so that
+/// the consistency harness can put a deliberately broken cache in the read path and show that its
+/// checker notices.
+pub trait ReadThrough: Clone + Send + Sync + 'static {
+    fn get_many(&self, ids: &[OrderId]) -> impl Future<Output = Result<Vec<Cached>, CacheError>> + Send;
+
+    fn lease_many(
+        &self,
+        misses: &[Miss<'_>],
+    ) -> impl Future<Output = Result<Vec<Option<Lease>>, CacheError>> + Send;
+
+    fn fill_many(
+        &self,
+        fills: &[(&pb::Order, &Lease)],
+    ) -> impl Future<Output = Result<Vec<WriteOutcome>, CacheError>> + Send;
+}
+
+impl ReadThrough for OrderCache {
+    async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Cached>, CacheError> {
+        OrderCache::get_many(self, ids).await
+    }
+
+    async fn lease_many(&self, misses: &[Miss<'_>]) -> Result<Vec<Option<Lease>>, CacheError> {
+        OrderCache::lease_many(self, misses).await
+    }
+
+    async fn fill_many(&self, fills: &[(&pb::Order, &Lease)]) -> Result<Vec<WriteOutcome>, CacheError> {
+        OrderCache::fill_many(self, fills).await
+    }
+}
+
 #[derive(Clone)]
-pub struct OrderReader {
+pub struct OrderReader<C = OrderCache> {
     storage: Storage,
-    cache: OrderCache,
-    /// The cache that misses are filled through: `cache` itself, but for the blind-fill fault.
-    fill: OrderCache,
-    /// Zero but in tests (see [`crate::faults::TestFaults::fill_delay`]).
-    fill_delay: std::time::Duration,
+    cache: C,
 }
 
 /// An order and where it was read from.
@@ -32,21 +64,9 @@ pub struct Read {
     pub source: pb::Source,
 }
 
-impl OrderReader {
-    pub fn new(storage: Storage, cache: OrderCache) -> Self {
-        Self {
-            storage,
-            fill: cache.clone(),
-            cache,
-            fill_delay: std::time::Duration::ZERO,
-        }
-    }
-
-    /// **Testing only**: fill misses through `fill`, after `delay`.
-    pub fn with_fill(mut self, fill: OrderCache, delay: std::time::Duration) -> Self {
-        self.fill = fill;
-        self.fill_delay = delay;
-        self
+impl<C: ReadThrough> OrderReader<C> {
+    pub fn new(storage: Storage, cache: C) -> Self {
+        Self { storage, cache }
     }
 
     /// One order, from the cache if it holds `min_version` or newer.
@@ -55,6 +75,7 @@ impl OrderReader {
     }
 
     /// The orders among `ids` that exist, keyed by id.
+    #[tracing::instrument(name = "read orders", skip_all, fields(ids = ids.len(), min_version))]
     pub async fn get_many(
         &self,
         ids: &[OrderId],
@@ -63,75 +84,118 @@ impl OrderReader {
         let mut unique = HashSet::with_capacity(ids.len());
         let ids: Vec<OrderId> = ids.iter().copied().filter(|id| unique.insert(*id)).collect();
 
-        let cached = match self.cache.get_many(&ids).await {
-            Ok(cached) => cached,
+        let (cached, redis_answers) = match self.cache.get_many(&ids).await {
+            Ok(cached) => (cached, true),
             Err(error) => {
                 tracing::debug!(%error, "cache unavailable; reading from the database");
                 metrics::cache_read("unavailable", ids.len());
-                vec![Cached::Miss; ids.len()]
+                (vec![Cached::Miss; ids.len()], false)
             }
         };
 
         let mut found = HashMap::with_capacity(ids.len());
         let mut misses = Vec::new();
-        for (id, entry) in ids.iter().zip(cached) {
+        let mut outdated = Vec::new();
+        for (id, entry) in ids.iter().zip(&cached) {
             match entry {
                 Cached::Hit(order) if order.version >= min_version => {
                     metrics::cache_read("hit", 1);
-                    found.insert(
-                        *id,
-                        Read {
-                            order,
-                            source: pb::Source::Cache,
-                        },
-                    );
+                    let read = Read {
+                        order: order.clone(),
+                        source: pb::Source::Cache,
+                    };
+                    found.insert(*id, read);
                 }
                 Cached::Hit(_) => {
                     metrics::cache_read("stale", 1);
-                    misses.push(*id);
+                    outdated.push(*id);
                 }
                 Cached::Miss => {
-                    metrics::cache_read("miss", 1);
-                    misses.push(*id);
+                    if redis_answers {
+                        metrics::cache_read("miss", 1);
+                    }
+                    misses.push(Miss {
+                        id: *id,
+                        unreadable: None,
+                    });
                 }
                 Cached::Corrupt(value) => {
                     metrics::cache_read("corrupt", 1);
                     tracing::warn!(order_id = %id, "corrupt cache entry; replacing it");
-                    if let Err(error) = self.cache.remove_corrupt(*id, &value).await {
-                        tracing::debug!(%error, "could not remove a corrupt cache entry");
-                    }
-                    misses.push(*id);
+                    misses.push(Miss {
+                        id: *id,
+                        unreadable: Some(value),
+                    });
                 }
             }
         }
-        if misses.is_empty() {
+        if misses.is_empty() && outdated.is_empty() {
             return Ok(found);
         }
 
+        // The leases come before the database read: a fill may only carry what was read after them.
+        let mut leases = self.take_leases(&misses, redis_answers).await;
+        let wanted: Vec<OrderId> = misses.iter().map(|miss| miss.id).chain(outdated).collect();
         let from_database: Vec<pb::Order> = self
             .storage
-            .get_orders(&misses)
+            .get_orders(&wanted)
             .await?
             .iter()
             .map(pb::Order::from)
             .collect();
-        if !self.fill_delay.is_zero() {
-            tokio::time::sleep(self.fill_delay).await;
-        }
-        if let Err(error) = self.fill.put_many_if_newer(&from_database).await {
-            tracing::debug!(%error, "could not fill the cache");
-        }
+        self.fill(&from_database, &mut leases).await;
         for order in from_database {
             if let Ok(id) = OrderId::parse(order.order_id) {
-                found.insert(
-                    id,
-                    Read {
-                        order,
-                        source: pb::Source::Database,
-                    },
-                );
+                let read = Read {
+                    order,
+                    source: pb::Source::Database,
+                };
+                found.insert(id, read);
             }
         }
         Ok(found)
+    }
+
+    /// The leases granted on `misses`, by id (none when Redis did not answer the lookup: it would not
+    /// answer this either, and the read should not wait for its timeout twice).
+    async fn take_leases(&self, misses: &[Miss<'_>], redis_answers: bool) -> HashMap<OrderId, Lease> {
+        if !redis_answers || misses.is_empty() {
+            return HashMap::new();
+        }
+        match self.cache.lease_many(misses).await {
+            Ok(leases) => misses
+                .iter()
+                .zip(leases)
+                .filter_map(|(miss, lease)| Some((miss.id, lease?)))
+                .collect(),
+            Err(error) => {
+                tracing::debug!(%error, "no leases; the misses will not be filled");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Fills each order that has a lease; the others (another reader's lease, an outdated entry) are
+    /// left to their lease holder or to the updater.
+    async fn fill(&self, orders: &[pb::Order], leases: &mut HashMap<OrderId, Lease>) {
+        let fills: Vec<(&pb::Order, Lease)> = orders
+            .iter()
+            .filter_map(|order| {
+                let id = OrderId::parse(order.order_id).ok()?;
+                Some((order, leases.remove(&id)?))
+            })
+            .collect();
+        if fills.is_empty() {
+            return;
+        }
+        let fills: Vec<(&pb::Order, &Lease)> = fills.iter().map(|(order, lease)| (*order, lease)).collect();
+        match self.cache.fill_many(&fills).await {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    metrics::cache_fill(outcome);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "could not fill the cache"),
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, Producer};
-use service::kafka::{ChannelConsumer, ConsumerError, KafkaMessage, MessagePart, OffsetPolicy};
+use service::kafka::{ChannelConsumer, ConsumerError, KafkaMessage, MessagePart};
 use tokio_stream::StreamExt;
 
 use support::channel_consumer_checker::{self, History, Report};
@@ -546,12 +546,21 @@ async fn close_and_restart_resume_exactly_at_the_committed_offsets() -> TestResu
     Ok(())
 }
 
-/// A consumer with `policy` reads all 300 messages, handles 30, stops as if it crashed (long enough
+/// When the first consumer of [`crash_before_handling`] calls `handle()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acknowledge {
+    /// As it should: once a message was handled.
+    WhenHandled,
+    /// Broken: as soon as a message arrives, before it was handled.
+    OnReceipt,
+}
+
+/// A consumer acknowledging by `acknowledge` reads all 300 messages, handles 30, stops as if it crashed (long enough
 /// for auto-commit to commit what it stored), and goes; a correct consumer of the same group then reads
 /// what is left. Returns the checker's report and what the first consumer was delivered and handled.
 async fn crash_before_handling(
     name: &str,
-    policy: OffsetPolicy,
+    acknowledge: Acknowledge,
 ) -> TestResult<(Report, BTreeSet<(i32, i64)>)> {
     const PARTITIONS: i32 = 3;
     let stack = shared_stack().await;
@@ -563,10 +572,7 @@ async fn crash_before_handling(
     let (stop_sampling, sampler) = sample_commits(brokers, &group, &topic, PARTITIONS, history.clone());
 
     let config = consumer_config(brokers, &group, Assignment::EagerRange);
-    let doomed = ChannelConsumer::<i64, String>::builder(config.clone(), &topic)
-        .consume_size(1000)
-        .offset_policy(policy)
-        .build()?;
+    let doomed = ChannelConsumer::<i64, String>::new(config.clone(), &topic, 1000, None, None)?;
     let mut stream = Box::pin(doomed);
     let deadline = Instant::now() + PATIENCE;
     let mut delivered = 0;
@@ -576,6 +582,9 @@ async fn crash_before_handling(
         };
         let message = message?;
         record_delivery(&history, 0, &message);
+        if acknowledge == Acknowledge::OnReceipt {
+            message.handle();
+        }
         if delivered < 30 {
             record_and_handle(&history, 0, &message);
         }
@@ -616,7 +625,7 @@ async fn crash_before_handling(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_checker_catches_a_consumer_that_stores_offsets_on_receipt() -> TestResult {
     let (report, unhandled_by_crashed) =
-        crash_before_handling("broken-store-on-receipt", OffsetPolicy::StoreOnReceipt).await?;
+        crash_before_handling("broken-store-on-receipt", Acknowledge::OnReceipt).await?;
     assert!(
         !report.is_valid(),
         "the checker missed the broken consumer:\n{report}"
@@ -634,7 +643,7 @@ async fn the_checker_catches_a_consumer_that_stores_offsets_on_receipt() -> Test
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_crash_loses_nothing_when_offsets_are_stored_on_handle() -> TestResult {
     let (report, unhandled_by_crashed) =
-        crash_before_handling("crash-store-on-handle", OffsetPolicy::StoreOnHandle).await?;
+        crash_before_handling("crash-store-on-handle", Acknowledge::WhenHandled).await?;
     assert_eq!(
         unhandled_by_crashed.len(),
         270,

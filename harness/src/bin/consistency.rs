@@ -14,6 +14,7 @@ use clap::Parser;
 use harness::consistency::report;
 use harness::consistency::scenario::{Assignment, Fault, Step};
 use harness::consistency::{ClusterConfig, check, run};
+use harness::node::Variant;
 use harness::{Backend, Stack, StackOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -62,10 +63,9 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
-    /// Service variant: none (correct), slow-fill (correct, slow fills), or a broken one to see it caught:
-    /// blind-cache-write, commit-then-produce, blind-fill, store-on-receipt.
-    #[arg(long, default_value = "none")]
-    variant: String,
+    /// Service variant: correct, slow-fill (correct, slow fills), or a broken one to see it caught.
+    #[arg(long, value_enum, default_value_t = Variant::Correct)]
+    variant: Variant,
 
     /// Directory for report.txt, report.json and staleness.svg.
     #[arg(long, default_value = "reports/consistency")]
@@ -100,7 +100,9 @@ fn parse_faults(text: &str) -> anyhow::Result<Vec<Fault>> {
         Fault::KafkaDown { kill_api: true },
         Fault::RedisRestart,
         Fault::RemoveUpdater,
+        Fault::RedisFlush,
         Fault::KafkaKill,
+        Fault::RedisEvict,
         Fault::RedisPause {
             restart_updater: true,
         },
@@ -154,11 +156,6 @@ fn node_binary() -> anyhow::Result<PathBuf> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let faults = parse_faults(&cli.faults)?;
-    if !["none", "slow-fill"].contains(&cli.variant.as_str())
-        && service::faults::TestFaults::variant(&cli.variant).is_none()
-    {
-        bail!("unknown --variant {:?}", cli.variant);
-    }
     let node_binary = node_binary()?;
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -172,7 +169,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the local stack")?;
     let config = ClusterConfig {
         node_binary,
-        fault: cli.variant.clone(),
+        variant: cli.variant,
         assignment: cli.assignment,
         partitions: cli.partitions,
         log_dir: cli.out.join("logs"),
@@ -263,6 +260,12 @@ fn main() -> anyhow::Result<()> {
         cli.out.display()
     );
     drop(stack);
+    if !report.shortfalls.is_empty() {
+        bail!(
+            "the run fell short of its floors: {}",
+            report.shortfalls.join("; ")
+        );
+    }
     if !report.is_consistent() {
         bail!("{} inconsistencies", report.violations.len());
     }

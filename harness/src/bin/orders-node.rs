@@ -1,13 +1,12 @@
-//! `orders-node`: the orders service as the consistency harness runs it, one process per instance, with
-//! an optional deliberately broken variant (`--fault`). The production binary (`orders-service`) has no
-//! such switch; this one exists so the harness can kill instances with SIGKILL and prove its checker
-//! catches each weak spot of the naive design.
+//! `orders-node`: the orders service as the consistency harness runs it, one process per instance,
+//! with an optional deliberately broken variant (`--variant`). The production binary (`orders-service`)
+//! has no such switch; this one exists so the harness can kill instances with SIGKILL and prove its
+//! checker catches each weak spot of the naive design.
 
 use anyhow::Context;
 use clap::Parser;
+use harness::node::{self, Variant};
 use service::config::{Component, Settings};
-use service::faults::TestFaults;
-use service::startup::Application;
 use service::{shutdown, telemetry};
 
 #[derive(Parser)]
@@ -20,30 +19,18 @@ struct Cli {
     #[arg(long, value_enum, value_delimiter = ',', required = true)]
     components: Vec<Component>,
 
-    /// A broken variant (blind-cache-write, commit-then-produce, blind-fill, store-on-receipt), or a correct
-    /// one (none, slow-fill).
-    #[arg(long, default_value = "none", value_parser = parse_fault)]
-    fault: TestFaults,
-}
-
-fn parse_fault(name: &str) -> Result<TestFaults, String> {
-    TestFaults::variant(name).ok_or_else(|| {
-        format!(
-            "unknown fault {name:?}: expected one of {}, {}",
-            TestFaults::CORRECT.join(", "),
-            TestFaults::VARIANTS.join(", ")
-        )
-    })
+    /// The service's variant: correct, or a broken one.
+    #[arg(long, value_enum, default_value_t = Variant::Correct)]
+    variant: Variant,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init_tracing();
+    telemetry::init(&cli.settings)?;
     let shutdown = shutdown::on_signals();
-    let application = Application::build_with_faults(cli.settings, cli.components, cli.fault)
+    node::run(cli.settings, cli.components, cli.variant, shutdown)
         .await
-        .context("starting the node")?;
-    application.run(shutdown).await.context("the node failed")?;
+        .context("the node failed")?;
     Ok(())
 }

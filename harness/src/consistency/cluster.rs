@@ -4,26 +4,28 @@
 //! One API+relay instance (restarted on the same port after a kill, so clients reconnect to it) and one
 //! to three cache-updater instances in one consumer group. Each run gets its own database, topic and
 //! group; Redis is flushed, since order ids restart at 1 in every database.
+//!
+//! Rebalances are counted by the updaters themselves: each serves its metrics, and the cluster reads
+//! their rebalance counter before it stops or kills one, and at the end.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use service::proto::orders::v1::order_service_client::OrderServiceClient;
-use tonic::transport::{Channel, Endpoint};
-
-use crate::stack::process::{Launch, ManagedProcess};
-use crate::stack::{Stack, StackError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::scenario::Assignment;
+use crate::client::OrdersClient;
+use crate::node::Variant;
+use crate::stack::process::{Launch, ManagedProcess};
+use crate::stack::{Stack, StackError};
 
 /// What one run needs to know to start instances.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// The `orders-node` binary.
     pub node_binary: PathBuf,
-    /// `none`, or a broken variant of [`service::faults::TestFaults::variant`].
-    pub fault: String,
+    pub variant: Variant,
     pub assignment: Assignment,
     pub partitions: i32,
     /// Where instance logs go.
@@ -43,8 +45,18 @@ pub struct Cluster {
     pub api_address: SocketAddr,
     config: ClusterConfig,
     api: ManagedProcess,
-    updaters: Vec<ManagedProcess>,
+    updaters: Vec<Updater>,
     next_updater: usize,
+    /// Rebalance callbacks of the updaters already stopped or killed.
+    past_rebalances: usize,
+    /// Changes of the group's membership after the start (updaters added, removed, killed).
+    membership_changes: usize,
+}
+
+/// An updater instance and where it serves its metrics.
+struct Updater {
+    process: ManagedProcess,
+    metrics: SocketAddr,
 }
 
 impl Cluster {
@@ -70,24 +82,31 @@ impl Cluster {
             api: ManagedProcess::idle(),
             updaters: Vec::new(),
             next_updater: 0,
+            past_rebalances: 0,
+            membership_changes: 0,
             config,
         };
-        cluster.api = cluster.spawn("api,relay", "api")?;
+        cluster.api = cluster.spawn("api,relay", "api", None)?;
         for _ in 0..cluster.config.initial_updaters.max(1) {
-            cluster.add_updater()?;
+            cluster.start_updater()?;
         }
         Ok(cluster)
     }
 
-    fn spawn(&self, components: &str, name: &str) -> Result<ManagedProcess, StackError> {
-        let launch = Launch {
+    fn spawn(
+        &self,
+        components: &str,
+        name: &str,
+        metrics: Option<SocketAddr>,
+    ) -> Result<ManagedProcess, StackError> {
+        let mut launch = Launch {
             name: "orders-node",
             program: self.config.node_binary.clone(),
             args: vec![
                 "--components".into(),
                 components.into(),
-                "--fault".into(),
-                self.config.fault.clone(),
+                "--variant".into(),
+                self.config.variant.name(),
             ],
             envs: vec![
                 ("DATABASE_URL".into(), self.database_url.clone()),
@@ -105,25 +124,37 @@ impl Cluster {
             log: self.config.log_dir.join(format!("{name}.log")),
             run_as: None,
         };
+        if let Some(metrics) = metrics {
+            launch.envs.push(("METRICS_ADDR".into(), metrics.to_string()));
+        }
         Ok(ManagedProcess::spawn(launch)?)
     }
 
     /// A client that reconnects by itself after the API instance restarts.
-    pub fn client(&self) -> OrderServiceClient<Channel> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.api_address))
-            .map(|endpoint| endpoint.connect_timeout(Duration::from_secs(1)).connect_lazy())
-            .unwrap_or_else(|_| unreachable_endpoint());
-        OrderServiceClient::new(channel)
+    pub fn client(&self) -> OrdersClient {
+        OrdersClient::lazy(self.api_address)
     }
 
     pub fn updaters(&self) -> usize {
         self.updaters.len()
     }
 
+    /// A new updater joins the group.
     pub fn add_updater(&mut self) -> Result<(), StackError> {
+        self.start_updater()?;
+        self.membership_changes += 1;
+        Ok(())
+    }
+
+    fn start_updater(&mut self) -> Result<(), StackError> {
         self.next_updater += 1;
-        let updater = self.spawn("updater", &format!("updater-{}", self.next_updater))?;
-        self.updaters.push(updater);
+        let metrics = free_address()?;
+        let process = self.spawn(
+            "updater",
+            &format!("updater-{}", self.next_updater),
+            Some(metrics),
+        )?;
+        self.updaters.push(Updater { process, metrics });
         Ok(())
     }
 
@@ -133,14 +164,35 @@ impl Cluster {
             return;
         }
         let mut updater = self.updaters.remove(0);
-        let _ = tokio::task::spawn_blocking(move || updater.stop(Duration::from_secs(30))).await;
+        self.past_rebalances += rebalances(updater.metrics).await.unwrap_or(0);
+        self.membership_changes += 1;
+        let _ = tokio::task::spawn_blocking(move || updater.process.stop(Duration::from_secs(30))).await;
     }
 
     /// SIGKILL to the oldest updater: no commit, no leave; the group notices after the session timeout.
-    pub fn kill_updater(&mut self) {
-        if !self.updaters.is_empty() {
-            self.updaters.remove(0).kill();
+    pub async fn kill_updater(&mut self) {
+        if self.updaters.is_empty() {
+            return;
         }
+        let mut updater = self.updaters.remove(0);
+        self.past_rebalances += rebalances(updater.metrics).await.unwrap_or(0);
+        self.membership_changes += 1;
+        updater.process.kill();
+    }
+
+    /// Rebalance callbacks that moved partitions, as the updaters counted them (each member's first
+    /// assignment aside: a process start alone is not a rebalance).
+    pub async fn rebalances(&self) -> usize {
+        let mut total = self.past_rebalances;
+        for updater in &self.updaters {
+            total += rebalances(updater.metrics).await.unwrap_or(0);
+        }
+        total
+    }
+
+    /// Updaters added, removed or killed since the start: each must show as a rebalance.
+    pub fn membership_changes(&self) -> usize {
+        self.membership_changes
     }
 
     pub fn kill_api(&mut self) {
@@ -149,13 +201,13 @@ impl Cluster {
 
     pub fn restart_api(&mut self) -> Result<(), StackError> {
         self.api.kill();
-        self.api = self.spawn("api,relay", "api")?;
+        self.api = self.spawn("api,relay", "api", None)?;
         Ok(())
     }
 
     /// Stops every instance gracefully.
     pub async fn stop(mut self) {
-        let mut processes: Vec<ManagedProcess> = self.updaters.drain(..).collect();
+        let mut processes: Vec<ManagedProcess> = self.updaters.drain(..).map(|u| u.process).collect();
         processes.push(std::mem::replace(&mut self.api, ManagedProcess::idle()));
         let _ = tokio::task::spawn_blocking(move || {
             for process in &mut processes {
@@ -174,7 +226,30 @@ fn free_address() -> Result<SocketAddr, StackError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// A channel to a port nothing listens on; only reached if our own address failed to parse.
-fn unreachable_endpoint() -> Channel {
-    Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+/// An updater's rebalance callbacks beyond its first assignment, from its `/metrics`
+/// (`orders_updater_rebalances_total`); `None` if it does not answer.
+async fn rebalances(metrics: SocketAddr) -> Option<usize> {
+    let page = tokio::time::timeout(Duration::from_secs(2), scrape(metrics))
+        .await
+        .ok()?
+        .ok()?;
+    let count = |kind: &str| -> usize {
+        let prefix = format!("orders_updater_rebalances_total{{kind=\"{kind}\"}} ");
+        page.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .map_or(0, |value| value as usize)
+    };
+    Some(count("assigned").saturating_sub(1) + count("revoked"))
+}
+
+/// `GET /metrics`, the body as text.
+async fn scrape(address: SocketAddr) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await?;
+    Ok(page)
 }

@@ -36,7 +36,7 @@ pub enum Outcome {
     Read(Vec<(pb::Order, i32)>),
     /// The service answered with an error status.
     Refused { code: tonic::Code, message: String },
-    /// No answer (transport error, timeout): the operation may or may not have happened.
+    /// No answer (transport error, timeout, UNAVAILABLE): the operation may or may not have happened.
     Unknown(String),
 }
 
@@ -49,7 +49,8 @@ pub struct OpRecord {
     pub outcome: Outcome,
 }
 
-/// From the injection of a fault until the system worked again (a fresh write reached the cache).
+/// From the injection of a fault until the system worked again (a fresh write reached the cache
+/// through every partition).
 #[derive(Debug, Clone)]
 pub struct FaultWindow {
     pub kind: &'static str,
@@ -69,7 +70,7 @@ struct Data {
     ops: Vec<OpRecord>,
     faults: Vec<FaultWindow>,
     cache: HashMap<i64, Vec<CacheChange>>,
-    rebalances: usize,
+    evicted_keys: u64,
 }
 
 /// Shared by the clients, the fault injector and the sampler of one run.
@@ -104,8 +105,9 @@ impl History {
         self.with(|data| data.faults.push(window));
     }
 
-    pub fn record_rebalance(&self) {
-        self.with(|data| data.rebalances += 1);
+    /// Keys Redis evicted during a fault.
+    pub fn record_evictions(&self, keys: u64) {
+        self.with(|data| data.evicted_keys += keys);
     }
 
     /// Records what the cache holds for `order_id` now, if it changed since the last sample.
@@ -124,7 +126,7 @@ impl History {
             ops: data.ops.clone(),
             faults: data.faults.clone(),
             cache: data.cache.clone(),
-            rebalances: data.rebalances,
+            evicted_keys: data.evicted_keys,
             duration: self.now(),
         })
     }
@@ -142,6 +144,6 @@ pub struct Recorded {
     pub ops: Vec<OpRecord>,
     pub faults: Vec<FaultWindow>,
     pub cache: HashMap<i64, Vec<CacheChange>>,
-    pub rebalances: usize,
+    pub evicted_keys: u64,
     pub duration: Duration,
 }

@@ -14,6 +14,7 @@ use super::staleness::{Distribution, WriteStaleness};
 struct JsonReport<'a> {
     consistent: bool,
     violations: &'a [Violation],
+    shortfalls: &'a [String],
     stats: &'a Stats,
     staleness_all: &'a Distribution,
     staleness_no_fault: &'a Distribution,
@@ -25,6 +26,7 @@ pub fn json(report: &Report, recorded: &Recorded) -> serde_json::Result<String> 
     serde_json::to_string_pretty(&JsonReport {
         consistent: report.is_consistent(),
         violations: &report.violations,
+        shortfalls: &report.shortfalls,
         stats: &report.stats,
         staleness_all: &report.staleness.all,
         staleness_no_fault: &report.staleness.no_fault,
@@ -44,8 +46,8 @@ pub fn text(report: &Report) -> String {
     let _ = writeln!(out, "  duration            {:.1} s", s.duration_s);
     let _ = writeln!(
         out,
-        "  operations          {} ({} writes answered, {} reads, {} refused, {} without an answer)",
-        s.operations, s.writes, s.reads, s.refused, s.unknown
+        "  operations          {} ({} writes answered, {} reads ({} orders from the cache), {} refused, {} without an answer)",
+        s.operations, s.writes, s.reads, s.cache_reads, s.refused, s.unknown
     );
     let _ = writeln!(out, "  orders              {}", s.orders);
     let _ = writeln!(
@@ -63,14 +65,29 @@ pub fn text(report: &Report) -> String {
             faults.join(", ")
         }
     );
-    let _ = writeln!(out, "  partition assignments seen by updaters  {}", s.rebalances);
+    let _ = writeln!(
+        out,
+        "  rebalances          {} (callbacks that moved partitions, counted by the updaters)",
+        s.rebalances
+    );
+    let _ = writeln!(out, "  keys evicted        {}", s.evicted_keys);
     let _ = writeln!(out, "  inconsistencies     {}", report.violations.len());
     for violation in report.violations.iter().take(20) {
         let _ = writeln!(out, "    {violation}");
     }
+    if !report.shortfalls.is_empty() {
+        let _ = writeln!(out, "  BELOW THE FLOORS (the verdict means nothing):");
+        for shortfall in &report.shortfalls {
+            let _ = writeln!(out, "    {shortfall}");
+        }
+    }
     let _ = writeln!(
         out,
-        "  staleness (time until the cache held a committed version or newer):"
+        "  staleness (time until the cache stopped holding anything older than a committed version;"
+    );
+    let _ = writeln!(
+        out,
+        "  percentiles over the samples: writes whose key held an older entry when they committed):"
     );
     for (name, d) in [
         ("all writes", &report.staleness.all),
@@ -79,10 +96,12 @@ pub fn text(report: &Report) -> String {
     ] {
         let _ = writeln!(
             out,
-            "    {name:<15} {:>7} writes  p50 {:>7.1} ms  p99 {:>9.1} ms  max {:>9.1} ms  within 1 s {:>7.3}%  within 5 s {:>7.3}%  never {}",
+            "    {name:<15} {:>7} writes {:>7} samples  p50 {:>7.1} ms  p99 {:>9.1} ms  p99.9 {:>9.1} ms  max {:>9.1} ms  within 1 s {:>8.4}%  within 5 s {:>8.4}%  never {}",
             d.writes,
+            d.samples,
             d.p50_ms,
             d.p99_ms,
+            d.p999_ms,
             d.max_ms,
             d.within_1s * 100.0,
             d.within_5s * 100.0,
@@ -182,7 +201,7 @@ pub fn svg(writes: &[WriteStaleness], recorded: &Recorded) -> String {
     }
     let _ = write!(
         out,
-        r##"<text x="{LEFT}" y="{:.1}" fill="#2a9d8f">• no fault</text><text x="{:.1}" y="{:.1}" fill="#e76f51">• during a fault</text><text x="{:.1}" y="{:.1}" fill="#6a040f">• never held (top edge)</text>"##,
+        r##"<text x="{LEFT}" y="{:.1}" fill="#2a9d8f">• no fault</text><text x="{:.1}" y="{:.1}" fill="#e76f51">• during a fault</text><text x="{:.1}" y="{:.1}" fill="#6a040f">• still older at the end (top edge)</text>"##,
         HEIGHT - 10.0,
         LEFT + 90.0,
         HEIGHT - 10.0,

@@ -59,6 +59,10 @@ pub enum Fault {
     KafkaKill,
     /// Redis restarted: its data is wiped.
     RedisRestart,
+    /// `FLUSHALL` several times, at random moments of the traffic: every key vanishes at once.
+    RedisFlush,
+    /// A small `maxmemory` with `allkeys-lru` during the traffic: Redis evicts keys as it goes.
+    RedisEvict,
     /// Redis frozen (SIGSTOP) during traffic; then, with `restart_updater`, an updater is replaced while
     /// its batch is still waiting for Redis; then Redis resumes.
     RedisPause { restart_updater: bool },
@@ -68,7 +72,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every kind, for reports.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 11] = [
         "add-updater",
         "remove-updater",
         "kill-updater",
@@ -76,6 +80,8 @@ impl Fault {
         "kafka-down",
         "kafka-kill",
         "redis-restart",
+        "redis-flush",
+        "redis-evict",
         "redis-pause",
         "postgres-restart",
     ];
@@ -89,6 +95,8 @@ impl Fault {
             Self::KafkaDown { .. } => "kafka-down",
             Self::KafkaKill => "kafka-kill",
             Self::RedisRestart => "redis-restart",
+            Self::RedisFlush => "redis-flush",
+            Self::RedisEvict => "redis-evict",
             Self::RedisPause { .. } => "redis-pause",
             Self::PostgresRestart => "postgres-restart",
         }
@@ -124,6 +132,8 @@ impl fmt::Display for Step {
                     }
                     Fault::KafkaKill => "kill -9 a Kafka node, then restart it".to_string(),
                     Fault::RedisRestart => "restart Redis (data wiped)".to_string(),
+                    Fault::RedisFlush => "FLUSHALL Redis now and then".to_string(),
+                    Fault::RedisEvict => "make Redis evict keys (small maxmemory, allkeys-lru)".to_string(),
                     Fault::RedisPause {
                         restart_updater: false,
                     } => "pause Redis (SIGSTOP), then resume".to_string(),
@@ -164,6 +174,8 @@ pub fn fault_strategy() -> impl Strategy<Value = Fault> {
         any::<bool>().prop_map(|kill_api| Fault::KafkaDown { kill_api }),
         Just(Fault::KafkaKill),
         Just(Fault::RedisRestart),
+        Just(Fault::RedisFlush),
+        Just(Fault::RedisEvict),
         any::<bool>().prop_map(|restart_updater| Fault::RedisPause { restart_updater }),
         Just(Fault::PostgresRestart),
     ]

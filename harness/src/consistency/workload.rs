@@ -12,14 +12,10 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use service::domain::OrderStatus;
-use service::proto::google::r#type::Money;
 use service::proto::orders::v1 as pb;
-use service::proto::orders::v1::order_service_client::OrderServiceClient;
-use tonic::transport::Channel;
 
 use super::history::{History, Op, OpRecord, Outcome};
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::client::{OrdersClient, item};
 
 /// What the clients believe about the orders.
 #[derive(Debug, Default)]
@@ -42,7 +38,7 @@ impl Known {
 
 #[derive(Clone)]
 pub struct Workload {
-    client: OrderServiceClient<Channel>,
+    client: OrdersClient,
     history: Arc<History>,
     known: Arc<Mutex<Known>>,
     /// Most operations per second over all clients of a step.
@@ -50,7 +46,7 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn new(client: OrderServiceClient<Channel>, history: Arc<History>, pace: Option<f64>) -> Self {
+    pub fn new(client: OrdersClient, history: Arc<History>, pace: Option<f64>) -> Self {
         Self {
             client,
             history,
@@ -198,77 +194,48 @@ impl Workload {
 
     /// Makes one call and records it; false when the service could not be reached.
     async fn call(&self, client: usize, op: Op) -> bool {
-        let mut grpc = self.client.clone();
+        let grpc = &self.client;
         let start = self.history.now();
         let outcome = match &op {
             Op::Create => {
                 let request = pb::CreateOrderRequest {
                     client_id: client as i64 + 1,
-                    items: vec![pb::OrderItem {
-                        sku_id: 1 + (start.as_micros() % 1000) as i64,
-                        quantity: 1 + (start.as_micros() % 5) as i32,
-                        price: Some(Money {
-                            currency_code: "EUR".into(),
-                            units: 12,
-                            nanos: 340_000_000,
-                        }),
-                    }],
+                    items: vec![item(
+                        1 + (start.as_micros() % 1000) as i64,
+                        1 + (start.as_micros() % 5) as i32,
+                        12,
+                        340_000_000,
+                    )],
                     idempotency_key: String::new(),
                 };
-                written(
-                    grpc.create_order(with_timeout(request))
-                        .await
-                        .map(|r| r.into_inner().order),
-                )
+                answered(grpc.create_order(request).await, Outcome::Written)
             }
             Op::Update {
                 order_id,
                 to,
                 expected_version,
-            } => {
-                let request = pb::UpdateOrderStatusRequest {
-                    order_id: *order_id,
-                    status: *to,
-                    expected_version: *expected_version,
-                };
-                written(
-                    grpc.update_order_status(with_timeout(request))
-                        .await
-                        .map(|r| r.into_inner().order),
-                )
-            }
+            } => match OrderStatus::from_proto(*to) {
+                Ok(to) => answered(
+                    grpc.set_status(*order_id, to, *expected_version).await,
+                    Outcome::Written,
+                ),
+                Err(error) => Outcome::Unknown(format!("the workload chose an invalid status: {error}")),
+            },
             Op::Get {
                 order_id,
                 min_version,
-            } => {
-                let request = pb::GetOrderRequest {
-                    order_id: *order_id,
-                    min_version: *min_version,
-                };
-                match grpc.get_order(with_timeout(request)).await {
-                    Ok(response) => {
-                        let response = response.into_inner();
-                        Outcome::Read(response.order.into_iter().map(|o| (o, response.source)).collect())
-                    }
-                    Err(status) => refused(status),
-                }
-            }
-            Op::GetMany { order_ids } => {
-                let request = pb::GetOrdersRequest {
-                    order_ids: order_ids.clone(),
-                };
-                match grpc.get_orders(with_timeout(request)).await {
-                    Ok(response) => Outcome::Read(
-                        response
-                            .into_inner()
-                            .orders
-                            .into_iter()
-                            .map(|o| (o, pb::Source::Unspecified as i32))
-                            .collect(),
-                    ),
-                    Err(status) => refused(status),
-                }
-            }
+            } => answered(grpc.get_order(*order_id, *min_version).await, |response| {
+                Outcome::Read(response.order.into_iter().map(|o| (o, response.source)).collect())
+            }),
+            Op::GetMany { order_ids } => answered(grpc.get_orders(order_ids.clone()).await, |response| {
+                Outcome::Read(
+                    response
+                        .orders
+                        .into_iter()
+                        .map(|o| (o, pb::Source::Unspecified as i32))
+                        .collect(),
+                )
+            }),
         };
         let end = self.history.now();
         match &outcome {
@@ -297,31 +264,21 @@ impl Workload {
     }
 }
 
-fn with_timeout<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(CALL_TIMEOUT);
-    request
-}
-
-fn written(result: Result<Option<pb::Order>, tonic::Status>) -> Outcome {
+/// An answer as an outcome; a status from the server is a refusal, except for those that leave the
+/// outcome unknown (a transport failure, a deadline, UNAVAILABLE). INTERNAL is a refusal, which the
+/// checker flags.
+fn answered<T>(result: Result<T, tonic::Status>, outcome: impl FnOnce(T) -> Outcome) -> Outcome {
     match result {
-        Ok(Some(order)) => Outcome::Written(order),
-        Ok(None) => Outcome::Unknown("an answer without an order".into()),
-        Err(status) => refused(status),
-    }
-}
-
-/// A status from the server is a refusal; a transport failure or deadline means "unknown outcome".
-fn refused(status: tonic::Status) -> Outcome {
-    match status.code() {
-        tonic::Code::Unavailable
-        | tonic::Code::DeadlineExceeded
-        | tonic::Code::Cancelled
-        | tonic::Code::Unknown
-        | tonic::Code::Internal => Outcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
-        code => Outcome::Refused {
-            code,
-            message: status.message().to_string(),
+        Ok(answer) => outcome(answer),
+        Err(status) => match status.code() {
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown => Outcome::Unknown(format!("{:?}: {}", status.code(), status.message())),
+            code => Outcome::Refused {
+                code,
+                message: status.message().to_string(),
+            },
         },
     }
 }

@@ -1,92 +1,90 @@
 //! The Redis cache of orders: key `order:{id}`, value `{version}:{orders.v1.Order protobuf bytes}`.
 //!
-//! Every write goes through one compare-and-set script: it writes only if the key is absent, holds an
-//! older version, or holds something unreadable. So the updater can apply events twice or out of order,
-//! and a reader that fills a miss with what it read from the database a moment ago can never overwrite a
-//! newer version the updater wrote meanwhile (the read-through race of the naive design).
+//! # The protocol
+//!
+//! Two kinds of writers put orders in the cache: readers filling a miss with what they read from the
+//! database, and the cache updater applying the events of committed changes. Either can be late: a
+//! reader that read version 4 may fill after version 5 was committed and cached. A version
+//! compare-and-set stops a late write while the newer entry is there, but not after the key vanished
+//! (Redis restarted empty, `FLUSHALL`, eviction under `maxmemory`, expiry): it cannot compare with
+//! nothing. So the cache follows memcache's leases (Nishtala et al., "Scaling Memcache at Facebook",
+//! NSDI 2013, section 3.2.1), adapted to versioned entries:
+//!
+//! 1. **A miss takes a lease.** A reader that finds no entry sets the key to `lease:{token}` (if it is
+//!    still absent) *before* it reads the database, so the database answers with every version
+//!    committed before the key went missing, and more.
+//! 2. **A fill lands only on its own lease** (or, by compare-and-set, over an older entry). Any other
+//!    write replaces the lease, and the loss of the key takes it away: either way the fill finds its
+//!    token gone and gives up.
+//! 3. **The updater never creates an entry.** It compare-and-sets an entry that is there, deletes a
+//!    lease it finds (so that a fill which may hold an older version cannot land; the next reader
+//!    fills from the database instead), and leaves an absent key absent. An event can be late too: it
+//!    can be redelivered after a rebalance, or applied after a reader already filled a newer version;
+//!    writing it into an absent key could bring back a version older than one the key held before it
+//!    vanished.
+//!
+//! # Guarantees
+//!
+//! * **Monotonic.** Once the cache held version `v` of an order, it never holds an older one, across
+//!   any loss of the key: every write either lands on a lease taken when the key was absent, with a
+//!   version read afterwards from the database (so `>= v`), or replaces an entry older than itself.
+//! * **Convergent.** Once the updater applied an order's last event, the cache holds that version or
+//!   nothing: an entry it found is updated, a pending fill is revoked.
+//! * **Cost.** A hit is one `MGET`, as without leases; a miss costs one round trip more (the lease
+//!   script, pipelined for all the misses of a read).
+//!
+//! What it does not cover: a Redis that goes *back in time* (a failover to a replica that missed
+//! acknowledged writes, a restart from an old snapshot) can bring back an older entry or a revoked
+//! lease. The local stack runs Redis without persistence, so a restart starts empty.
 //!
 //! Redis is an optimisation, never a dependency: every call has a short response timeout, and callers
 //! treat an error as a miss.
 
+mod entry;
+mod scripts;
+
 use std::time::Duration;
 
-use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+pub use entry::{Cached, LEASE_PREFIX, Lease, decode, encode, key, version};
+pub use scripts::WriteOutcome;
 
 use crate::domain::OrderId;
 use crate::proto::orders::v1 as pb;
 
-/// Write `ARGV[2]` with TTL `ARGV[3]` ms unless the key holds version `ARGV[1]` or newer.
-/// Returns 1 when written, 0 when the cached copy was as new or newer.
-const COMPARE_AND_SET: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current then
-  local cached = tonumber(string.match(current, '^(%d+):'))
-  if cached and cached >= tonumber(ARGV[1]) then
-    return 0
-  end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
-/// The naive design's blind write, as a script of the same shape (see [`WriteMode::Unchecked`]).
-const UNCHECKED_SET: &str = r"
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
-
-/// Delete the key only if it still holds exactly `ARGV[1]` (a corrupt value someone may have replaced).
-const DELETE_IF_EQUAL: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
+/// How long a lease holds. A fill comes milliseconds after its lease; a reader that dies in between
+/// keeps others from filling that key for this long (they still read the database). memcache hands
+/// out one token per key every 10 s for the same reason.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct CacheError(#[from] redis::RedisError);
-
-/// What the cache holds for one order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cached {
-    Hit(pb::Order),
-    Miss,
-    /// Something that is not a valid entry: treated as a miss, and replaced.
-    Corrupt(Vec<u8>),
+pub enum CacheError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("redis answered {0} to a cache script")]
+    UnexpectedReply(i64),
 }
 
-/// Whether a compare-and-set wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Written,
-    /// The cache already held this version or a newer one.
-    Stale,
-}
-
-/// How the cache writes. `Unchecked` is the naive design's blind `SET`, kept only so the consistency
-/// harness can prove that it catches it; nothing selects it by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WriteMode {
-    #[default]
-    CompareAndSet,
-    /// Testing only: a blind `SET`, the naive design's bug.
-    Unchecked,
+/// A key the reader found without a usable entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Miss<'a> {
+    pub id: OrderId,
+    /// What the key held instead of an entry, if it held something unreadable (it may be replaced).
+    pub unreadable: Option<&'a [u8]>,
 }
 
 #[derive(Clone)]
 pub struct OrderCache {
     redis: ConnectionManager,
     ttl: Duration,
-    /// The compare-and-set, or the blind write of [`WriteMode::Unchecked`].
+    lease: redis::Script,
     write: redis::Script,
-    delete_if_equal: redis::Script,
 }
 
 impl OrderCache {
     /// Connects lazily: the service starts while Redis is down and uses it once it answers.
-    pub fn connect_lazy(url: &str, ttl: Duration, write_mode: WriteMode) -> Result<Self, CacheError> {
+    pub fn connect_lazy(url: &str, ttl: Duration) -> Result<Self, CacheError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -96,11 +94,8 @@ impl OrderCache {
         Ok(Self {
             redis: ConnectionManager::new_lazy_with_config(client, config)?,
             ttl,
-            write: redis::Script::new(match write_mode {
-                WriteMode::CompareAndSet => COMPARE_AND_SET,
-                WriteMode::Unchecked => UNCHECKED_SET,
-            }),
-            delete_if_equal: redis::Script::new(DELETE_IF_EQUAL),
+            lease: redis::Script::new(scripts::LEASE),
+            write: redis::Script::new(scripts::WRITE),
         })
     }
 
@@ -109,115 +104,97 @@ impl OrderCache {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| id.cache_key()).collect();
+        let keys: Vec<String> = ids.iter().map(|id| key(id.get())).collect();
         let mut redis = self.redis.clone();
         let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
         Ok(values.into_iter().map(decode).collect())
     }
 
-    /// Writes `order` unless the cache holds its version or a newer one.
-    pub async fn put_if_newer(&self, order: &pb::Order) -> Result<Write, CacheError> {
-        Ok(self
-            .put_many_if_newer(std::slice::from_ref(order))
-            .await?
-            .remove(0))
+    /// Takes a lease on each missing entry, in one round trip; `None` where the key holds an entry or
+    /// another reader's lease by now.
+    pub async fn lease_many(&self, misses: &[Miss<'_>]) -> Result<Vec<Option<Lease>>, CacheError> {
+        let leases: Vec<Lease> = misses.iter().map(|_| Lease::new()).collect();
+        let ttl_ms = LEASE_TTL.as_millis() as u64;
+        let mut pipeline = redis::pipe();
+        for (miss, lease) in misses.iter().zip(&leases) {
+            pipeline.invoke_script(
+                self.lease
+                    .key(key(miss.id.get()))
+                    .arg(lease.token())
+                    .arg(ttl_ms)
+                    .arg(miss.unreadable.unwrap_or_default()),
+            );
+        }
+        let granted: Vec<i64> = self.query_scripts(&pipeline).await?;
+        Ok(granted
+            .into_iter()
+            .zip(leases)
+            .map(|(granted, lease)| (granted == 1).then_some(lease))
+            .collect())
     }
 
-    /// [`put_if_newer`](Self::put_if_newer) for many orders in one pipelined round trip.
-    pub async fn put_many_if_newer(&self, orders: &[pb::Order]) -> Result<Vec<Write>, CacheError> {
-        if orders.is_empty() {
+    /// Fills misses with what the database answered after their leases: each order lands on its own
+    /// lease, or over an older entry.
+    pub async fn fill_many(&self, fills: &[(&pb::Order, &Lease)]) -> Result<Vec<WriteOutcome>, CacheError> {
+        self.write_many(fills.iter().map(|(order, lease)| (*order, lease.token())))
+            .await
+    }
+
+    /// The updater's write: each order replaces an older entry, revokes a pending lease, and leaves
+    /// an absent key absent.
+    pub async fn update_many(&self, orders: &[pb::Order]) -> Result<Vec<WriteOutcome>, CacheError> {
+        self.write_many(orders.iter().map(|order| (order, ""))).await
+    }
+
+    /// [`scripts::WRITE`] for each `(order, lease token)` (an empty token: the updater), in one round
+    /// trip.
+    async fn write_many<'a>(
+        &self,
+        writes: impl ExactSizeIterator<Item = (&'a pb::Order, &'a str)>,
+    ) -> Result<Vec<WriteOutcome>, CacheError> {
+        if writes.len() == 0 {
             return Ok(Vec::new());
         }
         let ttl_ms = self.ttl.as_millis().max(1) as u64;
         let mut pipeline = redis::pipe();
-        for order in orders {
-            let key = format!("order:{}", order.order_id);
+        for (order, token) in writes {
             pipeline.invoke_script(
                 self.write
-                    .key(key)
+                    .key(key(order.order_id))
                     .arg(order.version)
                     .arg(encode(order))
-                    .arg(ttl_ms),
+                    .arg(ttl_ms)
+                    .arg(token),
             );
         }
-        let mut redis = self.redis.clone();
-        // EVALSHA with a fallback to EVAL the first time (or after a restart wiped the script cache).
-        let replies: Vec<i64> = match pipeline.query_async(&mut redis).await {
-            Ok(replies) => replies,
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.write.prepare_invoke().load_async(&mut redis).await?;
-                pipeline.query_async(&mut redis).await?
-            }
-            Err(error) => return Err(error.into()),
-        };
-        Ok(replies
+        let replies: Vec<i64> = self.query_scripts(&pipeline).await?;
+        replies
             .into_iter()
-            .map(|written| {
-                if written == 1 {
-                    Write::Written
-                } else {
-                    Write::Stale
-                }
-            })
-            .collect())
+            .map(|reply| WriteOutcome::from_reply(reply).ok_or(CacheError::UnexpectedReply(reply)))
+            .collect()
     }
 
-    /// Removes a corrupt entry, unless someone replaced it meanwhile.
-    pub async fn remove_corrupt(&self, id: OrderId, value: &[u8]) -> Result<(), CacheError> {
+    /// Runs a pipeline of `EVALSHA`s; if Redis lost its script cache (a restart, `SCRIPT FLUSH`), loads
+    /// the scripts and runs it once more.
+    async fn query_scripts(&self, pipeline: &redis::Pipeline) -> Result<Vec<i64>, CacheError> {
+        if pipeline.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut redis = self.redis.clone();
-        let _: i64 = self
-            .delete_if_equal
-            .key(id.cache_key())
-            .arg(value)
-            .invoke_async(&mut redis)
-            .await?;
-        Ok(())
+        match pipeline.query_async(&mut redis).await {
+            Ok(replies) => Ok(replies),
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.lease.prepare_invoke().load_async(&mut redis).await?;
+                self.write.prepare_invoke().load_async(&mut redis).await?;
+                Ok(pipeline.query_async(&mut redis).await?)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {
         let mut redis = self.redis.clone();
         let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         Ok(())
-    }
-}
-
-pub fn encode(order: &pb::Order) -> Vec<u8> {
-    let mut value = format!("{}:", order.version).into_bytes();
-    order.encode(&mut value).unwrap_or_default();
-    value
-}
-
-pub fn decode(value: Option<Vec<u8>>) -> Cached {
-    let Some(value) = value else { return Cached::Miss };
-    let parsed = value.iter().position(|&b| b == b':').and_then(|colon| {
-        let version: i64 = std::str::from_utf8(&value[..colon]).ok()?.parse().ok()?;
-        let order = pb::Order::decode(&value[colon + 1..]).ok()?;
-        (order.version == version && order.order_id > 0).then_some(order)
-    });
-    match parsed {
-        Some(order) => Cached::Hit(order),
-        None => Cached::Corrupt(value),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_round_trip_and_garbage_is_corrupt() {
-        let order = pb::Order {
-            order_id: 7,
-            version: 3,
-            ..Default::default()
-        };
-        assert_eq!(decode(Some(encode(&order))), Cached::Hit(order));
-        assert_eq!(decode(None), Cached::Miss);
-        assert!(matches!(decode(Some(b"garbage".to_vec())), Cached::Corrupt(_)));
-        assert!(matches!(decode(Some(b"3:\xff\xff".to_vec())), Cached::Corrupt(_)));
-        assert!(
-            matches!(decode(Some(b"4:".to_vec())), Cached::Corrupt(_)),
-            "version must match"
-        );
     }
 }

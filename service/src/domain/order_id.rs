@@ -26,11 +26,6 @@ impl OrderId {
     pub fn to_key(self) -> [u8; 8] {
         self.0.to_be_bytes()
     }
-
-    /// The Redis key of this order's cached copy.
-    pub fn cache_key(self) -> String {
-        format!("order:{}", self.0)
-    }
 }
 
 impl fmt::Display for OrderId {
@@ -54,6 +49,5 @@ mod tests {
     fn the_key_is_big_endian() {
         let id = OrderId::parse(0x0102).unwrap();
         assert_eq!(id.to_key(), [0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(id.cache_key(), "order:258");
     }
 }

@@ -1,5 +1,7 @@
-//! The cache updater: reads `order-events` in a consumer group through [`ChannelConsumer`] and writes
-//! each order to Redis with the version compare-and-set.
+//! The cache updater: reads `order-events` in a consumer group through [`ChannelConsumer`] and brings
+//! each cached order up to the event's version: a compare-and-set of the entry if it is cached, the
+//! revocation of a reader's pending lease if one is filling it, nothing if it is not cached (see the
+//! [protocol](crate::cache)).
 //!
 //! A batch at a time (the seed's `Buffer(1000, 10 ms)`): all of a batch's writes go to Redis in one
 //! pipelined round trip, and only once Redis confirmed them are the messages handled, so a crash or a
@@ -13,17 +15,18 @@
 //! with headers that say where it came from and why, is counted, and is then handled like any other, so
 //! its partition keeps flowing.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_stream::StreamExt;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::cache::{OrderCache, Write};
-use crate::kafka::{ChannelConsumer, ConsumerError, KafkaMessage, OffsetPolicy, Protobuf};
+use crate::cache::{CacheError, OrderCache, WriteOutcome};
+use crate::kafka::{ChannelConsumer, ConsumerError, Item, Protobuf};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::metrics;
 
@@ -40,8 +43,23 @@ pub enum UpdaterError {
     StreamEnded,
 }
 
-pub struct CacheUpdater {
-    cache: OrderCache,
+/// What the updater needs from a cache: [`OrderCache::update_many`]. A seam, so that the consistency
+/// harness can run the updater with a deliberately broken write and show that its checker notices.
+pub trait UpdateCache: Send + Sync + 'static {
+    fn update_many(
+        &self,
+        orders: &[pb::Order],
+    ) -> impl Future<Output = Result<Vec<WriteOutcome>, CacheError>> + Send;
+}
+
+impl UpdateCache for OrderCache {
+    async fn update_many(&self, orders: &[pb::Order]) -> Result<Vec<WriteOutcome>, CacheError> {
+        OrderCache::update_many(self, orders).await
+    }
+}
+
+pub struct CacheUpdater<W = OrderCache> {
+    cache: W,
     dead_letters: FutureProducer,
     dead_letter_topic: String,
     batch_size: usize,
@@ -57,13 +75,8 @@ struct Poison<'a> {
     reason: String,
 }
 
-impl CacheUpdater {
-    pub fn new(
-        cache: OrderCache,
-        dead_letters: FutureProducer,
-        dead_letter_topic: String,
-        batch_size: usize,
-    ) -> Self {
+impl<W: UpdateCache> CacheUpdater<W> {
+    pub fn new(cache: W, dead_letters: FutureProducer, dead_letter_topic: String, batch_size: usize) -> Self {
         Self {
             cache,
             dead_letters,
@@ -81,7 +94,6 @@ impl CacheUpdater {
         topic: &str,
         assignment: &str,
         batch_size: usize,
-        offset_policy: OffsetPolicy,
     ) -> Result<EventConsumer, ConsumerError> {
         let mut config = ClientConfig::new();
         config
@@ -103,14 +115,18 @@ impl CacheUpdater {
         ChannelConsumer::builder(config, topic)
             .consume_size(batch_size)
             .value_deserializer(Protobuf::<pb::OrderEvent>::new())
-            .offset_policy(offset_policy)
             .build()
     }
 
-    /// Applies events until `shutdown` or a fatal consumer error. Dropping the stream at the end closes
-    /// the consumer: handled offsets are committed and the group rebalances at once.
-    pub async fn run(self, consumer: EventConsumer, shutdown: CancellationToken) -> Result<(), UpdaterError> {
-        let mut batches = std::pin::pin!(consumer.chunks_timeout(self.batch_size, BATCH_WINDOW));
+    /// Applies events until `shutdown` or a fatal consumer error. `events` is an [`EventConsumer`]
+    /// (the harness may wrap it); dropping it at the end closes the consumer: handled offsets are
+    /// committed and the group rebalances at once.
+    pub async fn run(
+        self,
+        events: impl Stream<Item = Item<i64, pb::OrderEvent>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), UpdaterError> {
+        let mut batches = std::pin::pin!(events.chunks_timeout(self.batch_size, BATCH_WINDOW));
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -122,9 +138,12 @@ impl CacheUpdater {
         Ok(())
     }
 
+    /// One batch: unusable messages to the dead-letter topic, the orders of the others to Redis; each
+    /// message is handled once its part is done.
+    #[tracing::instrument(name = "apply batch", skip_all, fields(messages = batch.len()))]
     async fn apply(
         &self,
-        batch: Vec<Result<KafkaMessage<i64, pb::OrderEvent>, ConsumerError>>,
+        batch: Vec<Item<i64, pb::OrderEvent>>,
         shutdown: &CancellationToken,
     ) -> Result<(), UpdaterError> {
         let mut orders = Vec::with_capacity(batch.len());
@@ -178,37 +197,34 @@ impl CacheUpdater {
         if orders.is_empty() {
             return Ok(());
         }
-
-        let mut backoff = Backoff::default();
-        let writes = loop {
-            match self.cache.put_many_if_newer(&orders).await {
-                Ok(writes) => break writes,
-                Err(error) => {
-                    metrics::updater_redis_retry();
-                    tracing::warn!(%error, events = orders.len(), "redis write failed; retrying the batch");
-                    tokio::select! {
-                        // Not handled: the next owner of these partitions gets them again.
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
+        let Some(outcomes) = self.write(&orders, shutdown).await else {
+            // Not handled: the next owner of these partitions gets them again.
+            return Ok(());
         };
-        let applied = writes.iter().filter(|w| **w == Write::Written).count();
-        metrics::updater_events("applied", applied);
-        metrics::updater_events("stale", writes.len() - applied);
-        let now = SystemTime::now();
-        for order in &orders {
-            if let Some(updated) = order.updated_at.and_then(|t| SystemTime::try_from(t).ok())
-                && let Ok(age) = now.duration_since(updated)
-            {
-                metrics::updater_event_age(age);
-            }
-        }
+        record(&orders, &outcomes);
         for message in messages {
             message.handle();
         }
         Ok(())
+    }
+
+    /// Writes `orders` to Redis, retrying with back-off until Redis answers; `None` if shutdown came
+    /// first.
+    async fn write(&self, orders: &[pb::Order], shutdown: &CancellationToken) -> Option<Vec<WriteOutcome>> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.cache.update_many(orders).await {
+                Ok(outcomes) => return Some(outcomes),
+                Err(error) => {
+                    metrics::updater_redis_retry();
+                    tracing::warn!(%error, events = orders.len(), "redis write failed; retrying the batch");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Publishes a poison message to the dead-letter topic, retrying until the broker acknowledges it.
@@ -262,6 +278,21 @@ impl CacheUpdater {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Counts what the writes did, and how old each event was when applied.
+fn record(orders: &[pb::Order], outcomes: &[WriteOutcome]) {
+    for outcome in outcomes {
+        metrics::updater_events(outcome.as_str(), 1);
+    }
+    let now = SystemTime::now();
+    for order in orders {
+        if let Some(updated) = order.updated_at.and_then(|t| SystemTime::try_from(t).ok())
+            && let Ok(age) = now.duration_since(updated)
+        {
+            metrics::updater_event_age(age);
         }
     }
 }

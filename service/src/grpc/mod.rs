@@ -19,6 +19,7 @@ pub use auth::AuthToken;
 pub use orders::{MAX_IDS_PER_GET_ORDERS, OrdersApi};
 
 use crate::proto::{FILE_DESCRIPTOR_SET, orders::v1::order_service_server::OrderServiceServer};
+use crate::reads::ReadThrough;
 
 /// Largest request accepted, in bytes (a GetOrders of 1000 ids is about 10 KB; an order of 1000 items
 /// about 40 KB).
@@ -48,9 +49,9 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 /// Serves until `shutdown`, then drains the calls in flight.
-pub async fn serve(
+pub async fn serve<C: ReadThrough>(
     listener: TcpListener,
-    api: OrdersApi,
+    api: OrdersApi<C>,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {

@@ -4,39 +4,29 @@ use tonic::{Request, Response, Status};
 
 use super::auth::AuthToken;
 use super::status;
+use crate::cache::OrderCache;
 use crate::domain::{NewOrder, OrderId, OrderStatus};
-use crate::faults::AfterCommitPublisher;
 use crate::proto::orders::v1::{self as pb, order_service_server::OrderService};
-use crate::reads::OrderReader;
+use crate::reads::{OrderReader, ReadThrough};
 use crate::storage::Storage;
 
 /// Most ids one `GetOrders` may ask for.
 pub const MAX_IDS_PER_GET_ORDERS: usize = 1000;
 
 #[derive(Clone)]
-pub struct OrdersApi {
+pub struct OrdersApi<C = OrderCache> {
     storage: Storage,
-    reader: OrderReader,
+    reader: OrderReader<C>,
     auth: Option<AuthToken>,
-    /// Only in the commit-then-produce fault: publishes after the commit instead of the outbox.
-    after_commit: Option<AfterCommitPublisher>,
 }
 
-impl OrdersApi {
-    pub fn new(storage: Storage, reader: OrderReader, auth: Option<AuthToken>) -> Self {
+impl<C: ReadThrough> OrdersApi<C> {
+    pub fn new(storage: Storage, reader: OrderReader<C>, auth: Option<AuthToken>) -> Self {
         Self {
             storage,
             reader,
             auth,
-            after_commit: None,
         }
-    }
-
-    /// **Testing only**: the naive design's publishing (see [`crate::faults::PublishMode`]).
-    pub fn publishing_after_commit(mut self, publisher: AfterCommitPublisher) -> Self {
-        self.storage = self.storage.without_outbox();
-        self.after_commit = Some(publisher);
-        self
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -48,7 +38,7 @@ impl OrdersApi {
 }
 
 #[tonic::async_trait]
-impl OrderService for OrdersApi {
+impl<C: ReadThrough> OrderService for OrdersApi<C> {
     async fn create_order(
         &self,
         request: Request<pb::CreateOrderRequest>,
@@ -143,9 +133,6 @@ impl OrderService for OrdersApi {
             .update_status(id, to, request.expected_version)
             .await
             .map_err(status::update)?;
-        if let (Some(publisher), true) = (&self.after_commit, change.changed) {
-            publisher.publish(&change.order);
-        }
         Ok(Response::new(pb::UpdateOrderStatusResponse {
             order: Some((&change.order).into()),
         }))

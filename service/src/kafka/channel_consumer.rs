@@ -32,7 +32,7 @@ use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::{Deserializer, default_deserializer};
 use super::error::{ConsumerError, MessagePart};
-use super::offsets::{OffsetPolicy, OffsetTracker};
+use super::offsets::OffsetTracker;
 use super::poll_loop::{Item, PollLoop};
 
 /// `fetch.wait.max.ms` unless the configuration sets it (see `build`).
@@ -77,7 +77,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
         builder.build()
     }
 
-    /// The same as [`new`](Self::new), one setting at a time, and with the test-only settings.
+    /// The same as [`new`](Self::new), one setting at a time.
     pub fn builder(config: ClientConfig, topic: &str) -> ChannelConsumerBuilder<K, V> {
         ChannelConsumerBuilder {
             config,
@@ -85,7 +85,6 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
             consume_size: 1000,
             key_deserializer: None,
             value_deserializer: None,
-            offset_policy: OffsetPolicy::default(),
         }
     }
 
@@ -179,7 +178,6 @@ pub struct ChannelConsumerBuilder<K, V> {
     consume_size: usize,
     key_deserializer: Option<Box<dyn Deserializer<K>>>,
     value_deserializer: Option<Box<dyn Deserializer<V>>>,
-    offset_policy: OffsetPolicy,
 }
 
 impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
@@ -196,14 +194,6 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
 
     pub fn value_deserializer(mut self, deserializer: impl Deserializer<V> + 'static) -> Self {
         self.value_deserializer = Some(Box::new(deserializer));
-        self
-    }
-
-    /// **Testing only.** Selects when offsets are stored; anything but the default
-    /// [`OffsetPolicy::StoreOnHandle`] breaks the consumer's guarantees on purpose (fault injection for
-    /// consistency checkers).
-    pub fn offset_policy(mut self, policy: OffsetPolicy) -> Self {
-        self.offset_policy = policy;
         self
     }
 
@@ -241,7 +231,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         let buffer = Arc::new(DeliveryBuffer::new());
         let (requests, requests_received) = mpsc::channel();
-        let state = PollState::new(OffsetTracker::new(self.offset_policy), requests_received);
+        let state = PollState::new(OffsetTracker::default(), requests_received);
         let context = ChannelContext::new(topic.clone(), state, buffer.clone());
         let consumer =
             PolledConsumer::from_config_and_context(&config, context).map_err(ConsumerError::Client)?;

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::acknowledgement::Request;
 use super::delivery_buffer::DeliveryBuffer;
 use super::offsets::OffsetTracker;
+use crate::telemetry::metrics;
 
 /// The consumer as the poll thread owns it.
 pub(crate) type PolledConsumer<T> = BaseConsumer<ChannelContext<T>>;
@@ -141,6 +142,9 @@ impl<T: Send + 'static> ChannelContext<T> {
             }
             info!(topic = %self.topic, ?partitions, dropped, "partitions revoked");
         }
+        if !partitions.is_empty() {
+            metrics::rebalance("revoked");
+        }
         for partition in &partitions {
             state.offsets.revoke(*partition);
             state.paused.remove(partition);
@@ -158,6 +162,9 @@ impl<T: Send + 'static> ChannelContext<T> {
             debug!(topic = %self.topic, %error, "resuming newly assigned partitions");
         }
         info!(topic = %self.topic, ?partitions, "partitions assigned");
+        if !partitions.is_empty() {
+            metrics::rebalance("assigned");
+        }
     }
 
     fn on_rebalance_error(&self) {

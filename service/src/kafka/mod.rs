@@ -125,5 +125,5 @@ pub use deserializer::{
 };
 pub use error::{ConsumerError, DeserializeError, MessagePart};
 pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
-pub use offsets::{Epoch, OffsetPolicy};
+pub use offsets::Epoch;
 pub use poll_loop::Item;

@@ -23,18 +23,6 @@ use super::acknowledgement::Handled;
 /// Identifies one assignment of one partition to this consumer; grows with every (re)assignment.
 pub type Epoch = u64;
 
-/// When the consumer stores a message's offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OffsetPolicy {
-    /// The correct policy: store an offset once every message before it was handled.
-    #[default]
-    StoreOnHandle,
-    /// **Deliberately broken, for testing only.** Stores each message's offset as soon as it is
-    /// received, before anyone handled it; a crash then loses the received but unhandled messages. It
-    /// exists so that tests can show their consistency checker catches such a consumer.
-    StoreOnReceipt,
-}
-
 /// One delivered message not yet covered by the stored offset.
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
@@ -57,22 +45,13 @@ struct PartitionProgress {
 }
 
 /// The per-partition offset bookkeeping of one consumer. Owned by the poll thread.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    policy: OffsetPolicy,
     last_epoch: Epoch,
     partitions: BTreeMap<i32, PartitionProgress>,
 }
 
 impl OffsetTracker {
-    pub fn new(policy: OffsetPolicy) -> Self {
-        Self {
-            policy,
-            last_epoch: 0,
-            partitions: BTreeMap::new(),
-        }
-    }
-
     /// The partition was assigned: start a new epoch with nothing delivered.
     pub fn assign(&mut self, partition: i32) -> Epoch {
         self.last_epoch += 1;
@@ -129,18 +108,11 @@ impl OffsetTracker {
                 progress.committed = committed;
             }
         }
-        let policy = self.policy;
         let progress = self.partitions.get_mut(&partition)?;
-        match policy {
-            OffsetPolicy::StoreOnHandle => progress.in_flight.push_back(InFlight {
-                offset,
-                handled: false,
-            }),
-            OffsetPolicy::StoreOnReceipt => {
-                progress.stored = Some(offset + 1);
-                progress.store_pending = true;
-            }
-        }
+        progress.in_flight.push_back(InFlight {
+            offset,
+            handled: false,
+        });
         Some(progress.epoch)
     }
 
@@ -226,7 +198,7 @@ mod tests {
 
     #[test]
     fn stores_nothing_until_the_first_message_is_handled() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let epoch = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[10, 11, 12]);
         tracker.handle(handled(0, 12, epoch));
@@ -243,7 +215,7 @@ mod tests {
 
     #[test]
     fn never_stores_past_an_unhandled_message() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let epoch = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[0, 1, 2, 3, 4]);
         for offset in [0, 1, 3, 4] {
@@ -257,7 +229,7 @@ mod tests {
     #[test]
     fn offset_gaps_do_not_stall_progress() {
         // Transaction markers and compaction leave holes: 2, 5 and 6 are never delivered.
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let epoch = tracker.assign(3);
         deliver_all(&mut tracker, 3, &[0, 1, 3, 4, 7]);
         for offset in [7, 4, 3, 1, 0] {
@@ -268,7 +240,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_of_an_earlier_assignment_are_ignored() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let old = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[0, 1]);
         tracker.revoke(0);
@@ -286,7 +258,7 @@ mod tests {
 
     #[test]
     fn partitions_progress_independently_and_double_acks_are_harmless() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let e0 = tracker.assign(0);
         let e1 = tracker.assign(1);
         deliver_all(&mut tracker, 0, &[5, 6]);
@@ -299,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_position_moving_back_starts_a_new_epoch() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let first = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[4, 5, 6]);
         tracker.handle(handled(0, 4, first));
@@ -317,7 +289,7 @@ mod tests {
 
     #[test]
     fn commits_only_what_changed() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnHandle);
+        let mut tracker = OffsetTracker::default();
         let e0 = tracker.assign(0);
         let e1 = tracker.assign(1);
         deliver_all(&mut tracker, 0, &[0]);
@@ -328,13 +300,5 @@ mod tests {
         assert_eq!(tracker.offsets_to_commit(None), vec![(0, 1), (1, 1)]);
         tracker.mark_committed(&[(0, 1)]);
         assert_eq!(tracker.offsets_to_commit(None), vec![(1, 1)]);
-    }
-
-    #[test]
-    fn the_broken_policy_stores_on_receipt() {
-        let mut tracker = OffsetTracker::new(OffsetPolicy::StoreOnReceipt);
-        tracker.assign(0);
-        deliver_all(&mut tracker, 0, &[0, 1, 2]);
-        assert_eq!(tracker.take_offsets_to_store(), vec![(0, 3)]);
     }
 }

@@ -56,8 +56,6 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 #[derive(Clone, Debug)]
 pub struct Storage {
     pool: PgPool,
-    /// Whether changes write their event to the outbox; false only in the commit-then-produce fault.
-    outbox: bool,
 }
 
 impl Storage {
@@ -68,20 +66,7 @@ impl Storage {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(url)?;
-        Ok(Self { pool, outbox: true })
-    }
-
-    /// **Testing only**: the same storage, committing changes without their outbox events (see
-    /// [`crate::faults::PublishMode::AfterCommit`]).
-    pub fn without_outbox(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-            outbox: false,
-        }
-    }
-
-    pub(crate) fn writes_outbox(&self) -> bool {
-        self.outbox
+        Ok(Self { pool })
     }
 
     pub async fn migrate(&self) -> Result<(), StorageError> {

@@ -92,9 +92,7 @@ impl Storage {
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("order {id} not visible in its own transaction")))?;
         record_version(&mut transaction, &order).await?;
-        if self.writes_outbox() {
-            outbox::enqueue(&mut transaction, &order).await?;
-        }
+        outbox::enqueue(&mut transaction, &order).await?;
         transaction.commit().await?;
         Ok(order)
     }
@@ -150,9 +148,7 @@ impl Storage {
             .ok_or(UpdateError::NotFound(id))?;
         if changed {
             record_version(&mut transaction, &order).await?;
-            if self.writes_outbox() {
-                outbox::enqueue(&mut transaction, &order).await?;
-            }
+            outbox::enqueue(&mut transaction, &order).await?;
         }
         transaction.commit().await?;
         Ok(StatusChange { order, changed })

@@ -9,6 +9,8 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
+use crate::cache::WriteOutcome;
+
 /// Serves `/metrics` on `address` from a background task.
 pub fn install(address: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new()
@@ -26,6 +28,11 @@ pub fn cache_read(result: &'static str, count: usize) {
     counter!("orders_cache_reads_total", "result" => result).increment(count as u64);
 }
 
+/// What became of a read's fill of a miss (see [`WriteOutcome`]).
+pub fn cache_fill(outcome: WriteOutcome) {
+    counter!("orders_cache_fills_total", "result" => outcome.as_str()).increment(1);
+}
+
 pub fn outbox_published(events: usize, publish_latency: Duration) {
     counter!("orders_outbox_published_total").increment(events as u64);
     histogram!("orders_outbox_publish_seconds").record(publish_latency.as_secs_f64());
@@ -35,7 +42,8 @@ pub fn outbox_backlog(rows: i64) {
     gauge!("orders_outbox_backlog").set(rows as f64);
 }
 
-/// What the cache updater did with events: `applied`, `stale` (the cache was as new), `dead_lettered`.
+/// What the cache updater did with events: a [`WriteOutcome`] (`written`, `stale`, `absent`,
+/// `invalidated`), or `dead_lettered`.
 pub fn updater_events(result: &'static str, count: usize) {
     counter!("orders_updater_events_total", "result" => result).increment(count as u64);
 }
@@ -53,6 +61,7 @@ pub fn consumer_lag(lag: i64) {
     gauge!("orders_updater_consumer_lag").set(lag as f64);
 }
 
+/// A rebalance callback of the updater's consumer that moved partitions: `assigned` or `revoked`.
 pub fn rebalance(kind: &'static str) {
     counter!("orders_updater_rebalances_total", "kind" => kind).increment(1);
 }

@@ -3,7 +3,8 @@
 use service::proto::orders::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{TestApp, TestEnv, create_order, create_request, item, shared_stack};
+use harness::app::{Environment, shared_stack, spawn_app};
+use harness::client::{item, sample_order};
 
 fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, mentions: &str) {
     let status = result.expect_err("the request must fail");
@@ -17,10 +18,9 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
 
 #[tokio::test]
 async fn invalid_create_requests_name_the_field() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
+    let app = spawn_app().await;
     let with = |change: &dyn Fn(&mut pb::CreateOrderRequest)| {
-        let mut request = create_request(1);
+        let mut request = sample_order(1);
         change(&mut request);
         request
     };
@@ -49,73 +49,71 @@ async fn invalid_create_requests_name_the_field() {
     ];
     for (request, mentions) in cases {
         assert_status(
-            app.client.create_order(request).await,
+            app.grpc().create_order(request).await,
             Code::InvalidArgument,
             mentions,
         );
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&env.pool())
+        .fetch_one(app.env.storage.pool())
         .await
         .expect("count");
     assert_eq!(count, 0, "no invalid request created anything");
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn invalid_reads_are_refused_and_unknown_orders_are_not_found() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
+    let app = spawn_app().await;
     let get = |order_id, min_version| pb::GetOrderRequest {
         order_id,
         min_version,
     };
     assert_status(
-        app.client.get_order(get(0, 0)).await,
+        app.grpc().get_order(get(0, 0)).await,
         Code::InvalidArgument,
         "order_id",
     );
     assert_status(
-        app.client.get_order(get(-7, 0)).await,
+        app.grpc().get_order(get(-7, 0)).await,
         Code::InvalidArgument,
         "order_id",
     );
     assert_status(
-        app.client.get_order(get(1, -1)).await,
+        app.grpc().get_order(get(1, -1)).await,
         Code::InvalidArgument,
         "min_version",
     );
     assert_status(
-        app.client.get_order(get(999_999, 0)).await,
+        app.grpc().get_order(get(999_999, 0)).await,
         Code::NotFound,
         "999999",
     );
 
     let ids = |order_ids| pb::GetOrdersRequest { order_ids };
     assert_status(
-        app.client.get_orders(ids(vec![1, 0])).await,
+        app.grpc().get_orders(ids(vec![1, 0])).await,
         Code::InvalidArgument,
         "order_ids[1]",
     );
     assert_status(
-        app.client.get_orders(ids((1..=1001).collect())).await,
+        app.grpc().get_orders(ids((1..=1001).collect())).await,
         Code::InvalidArgument,
         "at most 1000",
     );
     let empty = app
-        .client
+        .grpc()
         .get_orders(ids(vec![]))
         .await
         .expect("an empty batch is fine");
     assert!(empty.into_inner().orders.is_empty());
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn invalid_updates_are_refused_with_the_right_code() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let order = create_order(&mut app.client).await;
+    let app = spawn_app().await;
+    let order = app.create_order().await;
     let update = |order_id, status: i32, expected_version| pb::UpdateOrderStatusRequest {
         order_id,
         status,
@@ -124,46 +122,46 @@ async fn invalid_updates_are_refused_with_the_right_code() {
     let paid = pb::OrderStatus::Paid as i32;
     let id = order.order_id;
     assert_status(
-        app.client.update_order_status(update(0, paid, None)).await,
+        app.grpc().update_order_status(update(0, paid, None)).await,
         Code::InvalidArgument,
         "order_id",
     );
     assert_status(
-        app.client.update_order_status(update(id, 0, None)).await,
+        app.grpc().update_order_status(update(id, 0, None)).await,
         Code::InvalidArgument,
         "UNSPECIFIED",
     );
     assert_status(
-        app.client.update_order_status(update(id, 42, None)).await,
+        app.grpc().update_order_status(update(id, 42, None)).await,
         Code::InvalidArgument,
         "42",
     );
     assert_status(
-        app.client.update_order_status(update(id, paid, Some(0))).await,
+        app.grpc().update_order_status(update(id, paid, Some(0))).await,
         Code::InvalidArgument,
         "expected_version",
     );
     assert_status(
-        app.client
+        app.grpc()
             .update_order_status(update(id + 1000, paid, None))
             .await,
         Code::NotFound,
         "does not exist",
     );
     assert_status(
-        app.client
+        app.grpc()
             .update_order_status(update(id, pb::OrderStatus::Completed as i32, None))
             .await,
         Code::FailedPrecondition,
         "from CREATED to COMPLETED",
     );
     assert_status(
-        app.client.update_order_status(update(id, paid, Some(5))).await,
+        app.grpc().update_order_status(update(id, paid, Some(5))).await,
         Code::Aborted,
         "version 1, not the expected version 5",
     );
     let current = app
-        .client
+        .grpc()
         .get_order(pb::GetOrderRequest {
             order_id: id,
             min_version: 1,
@@ -177,35 +175,35 @@ async fn invalid_updates_are_refused_with_the_right_code() {
         (current.status, current.version),
         (pb::OrderStatus::Created as i32, 1)
     );
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn with_a_token_writes_need_the_bearer_and_reads_do_not() {
-    let mut env = TestEnv::new(shared_stack().await).await;
+    let mut env = Environment::fresh(shared_stack().await).await;
     env.settings.auth_token = Some("s3cret-token".into());
-    let mut app = TestApp::spawn(&env).await;
+    let app = env.spawn(&harness::app::ALL).await.expect("the service starts");
     assert_status(
-        app.client.create_order(create_request(1)).await,
+        app.grpc().create_order(sample_order(1)).await,
         Code::Unauthenticated,
         "authorization",
     );
-    let mut wrong = tonic::Request::new(create_request(1));
+    let mut wrong = tonic::Request::new(sample_order(1));
     wrong
         .metadata_mut()
         .insert("authorization", "Bearer nope".parse().expect("ascii"));
     assert_status(
-        app.client.create_order(wrong).await,
+        app.grpc().create_order(wrong).await,
         Code::Unauthenticated,
         "invalid",
     );
 
-    let mut right = tonic::Request::new(create_request(1));
+    let mut right = tonic::Request::new(sample_order(1));
     right
         .metadata_mut()
         .insert("authorization", "Bearer s3cret-token".parse().expect("ascii"));
     let order = app
-        .client
+        .grpc()
         .create_order(right)
         .await
         .expect("authorized")
@@ -219,28 +217,27 @@ async fn with_a_token_writes_need_the_bearer_and_reads_do_not() {
         expected_version: None,
     };
     assert_status(
-        app.client.update_order_status(update).await,
+        app.grpc().update_order_status(update).await,
         Code::Unauthenticated,
         "authorization",
     );
     let read = app
-        .client
+        .grpc()
         .get_order(pb::GetOrderRequest {
             order_id: order.order_id,
             min_version: 0,
         })
         .await;
     assert!(read.is_ok(), "reads need no token");
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn a_request_over_the_size_limit_is_refused() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let mut request = create_request(1);
+    let app = spawn_app().await;
+    let mut request = sample_order(1);
     request.idempotency_key = "x".repeat(2 * 1024 * 1024);
-    let status = app.client.create_order(request).await.expect_err("too large");
+    let status = app.grpc().create_order(request).await.expect_err("too large");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }

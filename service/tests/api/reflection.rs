@@ -2,7 +2,7 @@
 
 use tokio::process::Command;
 
-use crate::helpers::{TestApp, TestEnv, shared_stack};
+use harness::app::spawn_app;
 
 /// Runs grpcurl without blocking the test's runtime, which also runs the server.
 async fn grpcurl(args: &[&str]) -> String {
@@ -29,8 +29,7 @@ async fn grpcurl(args: &[&str]) -> String {
 
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let app = TestApp::spawn(&env).await;
+    let app = spawn_app().await;
     let address = app.address.to_string();
 
     let services = grpcurl(&["-plaintext", &address, "list"]).await;
@@ -55,5 +54,5 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     let health = grpcurl(&["-plaintext", &address, "grpc.health.v1.Health/Check"]).await;
     let health: serde_json::Value = serde_json::from_str(&health).expect("grpcurl prints JSON");
     assert_eq!(health["status"], "SERVING", "{health}");
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }

@@ -1,14 +1,16 @@
 //! Every RPC doing its job.
 
+use service::config::Component;
+use service::domain::OrderStatus;
 use service::proto::orders::v1 as pb;
 
-use crate::helpers::{TestApp, TestEnv, create_order, create_request, set_status, shared_stack};
+use harness::app::{Environment, shared_stack, spawn_app};
+use harness::client::sample_order;
 
 #[tokio::test]
 async fn create_order_computes_the_amount_and_starts_at_version_1() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let order = create_order(&mut app.client).await;
+    let app = spawn_app().await;
+    let order = app.create_order().await;
     assert!(order.order_id > 0);
     assert_eq!(order.client_id, 42);
     assert_eq!(order.status, pb::OrderStatus::Created as i32);
@@ -21,17 +23,16 @@ async fn create_order_computes_the_amount_and_starts_at_version_1() {
         ("EUR", 17, 0)
     );
     assert_eq!(order.created_at, order.updated_at);
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_order() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let mut request = create_request(7);
+    let app = spawn_app().await;
+    let mut request = sample_order(7);
     request.idempotency_key = "checkout-123".into();
     let first = app
-        .client
+        .grpc()
         .create_order(request.clone())
         .await
         .expect("first")
@@ -39,7 +40,7 @@ async fn a_repeated_idempotency_key_returns_the_first_order() {
         .order;
     request.client_id = 8; // a retry may even differ: the key decides
     let second = app
-        .client
+        .grpc()
         .create_order(request)
         .await
         .expect("second")
@@ -47,24 +48,23 @@ async fn a_repeated_idempotency_key_returns_the_first_order() {
         .order;
     assert_eq!(first, second);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&env.pool())
+        .fetch_one(app.env.storage.pool())
         .await
         .expect("count");
     assert_eq!(count, 1);
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn update_moves_along_the_line_and_returns_the_new_version() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let order = create_order(&mut app.client).await;
-    let paid = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
+    let app = spawn_app().await;
+    let order = app.create_order().await;
+    let paid = app.set_status(order.order_id, OrderStatus::Paid).await;
     assert_eq!((paid.status, paid.version), (pb::OrderStatus::Paid as i32, 2));
     let instant = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
     assert!(instant(paid.updated_at) > instant(order.updated_at));
     let boxing = app
-        .client
+        .grpc()
         .update_order_status(pb::UpdateOrderStatusRequest {
             order_id: order.order_id,
             status: pb::OrderStatus::Boxing.into(),
@@ -76,45 +76,40 @@ async fn update_moves_along_the_line_and_returns_the_new_version() {
         .order
         .expect("order");
     assert_eq!(boxing.version, 3);
-    let cancelled = set_status(&mut app.client, order.order_id, pb::OrderStatus::Cancelled).await;
+    let cancelled = app.set_status(order.order_id, OrderStatus::Cancelled).await;
     assert_eq!(cancelled.version, 4);
     let history: Vec<(i64, String)> =
         sqlx::query_as("SELECT version, status FROM order_versions WHERE order_id = $1 ORDER BY version")
             .bind(order.order_id)
-            .fetch_all(&env.pool())
+            .fetch_all(app.env.storage.pool())
             .await
             .expect("history");
     let expected = [(1, "CREATED"), (2, "PAID"), (3, "BOXING"), (4, "CANCELLED")];
     assert_eq!(history, expected.map(|(v, s)| (v, s.to_string())));
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn setting_the_current_status_again_changes_nothing() {
-    let env = TestEnv::new(shared_stack().await).await;
     // Only the API: every event stays in the outbox, so it can be counted.
-    let mut app = TestApp::spawn_with(&env, &[service::config::Component::Api], Default::default()).await;
-    let order = create_order(&mut app.client).await;
-    let paid = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
-    let again = set_status(&mut app.client, order.order_id, pb::OrderStatus::Paid).await;
+    let env = Environment::fresh(shared_stack().await).await;
+    let app = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let order = app.create_order().await;
+    let paid = app.set_status(order.order_id, OrderStatus::Paid).await;
+    let again = app.set_status(order.order_id, OrderStatus::Paid).await;
     assert_eq!(again, paid, "no new version, no new timestamp");
-    assert_eq!(
-        crate::helpers::outbox_backlog(&env).await,
-        2,
-        "events of versions 1 and 2 only"
-    );
-    app.stop().await;
+    assert_eq!(env.outbox_backlog().await, 2, "events of versions 1 and 2 only");
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn get_orders_answers_in_request_order_and_lists_the_missing() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let a = create_order(&mut app.client).await;
-    let b = create_order(&mut app.client).await;
+    let app = spawn_app().await;
+    let a = app.create_order().await;
+    let b = app.create_order().await;
     let missing = b.order_id + 1000;
     let response = app
-        .client
+        .grpc()
         .get_orders(pb::GetOrdersRequest {
             order_ids: vec![b.order_id, missing, a.order_id, b.order_id],
         })
@@ -125,51 +120,32 @@ async fn get_orders_answers_in_request_order_and_lists_the_missing() {
     assert_eq!(ids, vec![b.order_id, a.order_id], "request order, each id once");
     assert_eq!(response.not_found_ids, vec![missing]);
     assert_eq!(response.orders[1], a);
-    app.stop().await;
+    app.stop().await.expect("a clean stop");
 }
 
 #[tokio::test]
 async fn a_read_with_min_version_never_returns_an_older_version() {
-    let env = TestEnv::new(shared_stack().await).await;
-    let mut app = TestApp::spawn(&env).await;
-    let order = create_order(&mut app.client).await;
-    crate::helpers::wait_for_cache(
-        &mut app.client,
-        order.order_id,
-        1,
-        std::time::Duration::from_secs(20),
-    )
-    .await
-    .expect("version 1 cached");
-    app.stop().await;
+    // Only the API: the cache keeps version 1 while the database moves to version 2.
+    let env = Environment::fresh(shared_stack().await).await;
+    let api = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let order = api.create_order().await;
+    api.cache_order(order.order_id).await;
+    let paid = api.set_status(order.order_id, OrderStatus::Paid).await;
 
-    // With no relay and no updater, the cache keeps version 1 while the database moves to version 2.
-    let mut api = TestApp::spawn_with(&env, &[service::config::Component::Api], Default::default()).await;
-    let paid = set_status(&mut api.client, order.order_id, pb::OrderStatus::Paid).await;
-    let read = |min_version| pb::GetOrderRequest {
-        order_id: order.order_id,
-        min_version,
-    };
-    let stale = api
-        .client
-        .get_order(read(0))
-        .await
-        .expect("GetOrder")
-        .into_inner();
+    let stale = api.get_order(order.order_id).await;
     assert_eq!(stale.source, pb::Source::Cache as i32);
     assert_eq!(stale.order.expect("order").version, 1, "the cache is behind");
 
     let fresh = api
-        .client
-        .get_order(read(paid.version))
+        .api
+        .get_order(order.order_id, paid.version)
         .await
-        .expect("GetOrder")
-        .into_inner();
+        .expect("GetOrder");
     assert_eq!(
         fresh.source,
         pb::Source::Database as i32,
         "an older cached copy is bypassed"
     );
     assert_eq!(fresh.order.expect("order"), paid);
-    api.stop().await;
+    api.stop().await.expect("a clean stop");
 }

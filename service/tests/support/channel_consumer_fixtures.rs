@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use service::kafka::{ChannelConsumer, ConsumerError, KafkaMessage};
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
@@ -18,26 +18,10 @@ use super::channel_consumer_checker::{History, MemberId};
 
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-/// One local stack (PostgreSQL, Redis, Kafka as child processes) per test binary, started by the first
-/// test that needs it. Tests share it through unique topic and group names. It is never dropped: its
-/// processes die with the test binary (parent-death signal) and the next stack start removes its
-/// directory.
+/// The stack shared by this binary's tests (the workspace's one test support), with logs on.
 pub async fn shared_stack() -> &'static harness::Stack {
-    static STACK: OnceCell<harness::Stack> = OnceCell::const_new();
-    STACK
-        .get_or_init(|| async {
-            init_tracing();
-            let options = harness::StackOptions {
-                backend: Some(harness::Backend::Local),
-                kafka_nodes: 1,
-                topics: vec![],
-            };
-            match harness::Stack::start(options).await {
-                Ok(stack) => stack,
-                Err(error) => panic!("the test stack did not start: {error}"),
-            }
-        })
-        .await
+    init_tracing();
+    harness::app::shared_stack().await
 }
 
 /// `RUST_LOG=service=debug,librdkafka=info` shows what the consumers do.

@@ -1,4 +1,5 @@
-//! Percentiles of latency samples (nearest rank, no interpolation), in milliseconds.
+//! Percentiles of latency samples (nearest rank, no interpolation), in milliseconds: the one definition
+//! the consistency harness's staleness figures and the load test's latencies share.
 //!
 //! Samples are kept whole rather than in a histogram: a 10-minute run at 200 probes a second is
 //! 120,000 durations, a megabyte, and exact percentiles are easier to trust than bucketed ones.

@@ -1,0 +1,103 @@
+//! Ground truth: what Redis really holds, read directly rather than through the API (a `GetOrder` that
+//! misses fills the cache itself, so it cannot show that the updater did). Uses the service's own cache
+//! key and entry format.
+
+use std::time::{Duration, Instant};
+
+use service::cache::{self, Cached};
+use service::proto::orders::v1 as pb;
+
+/// Reads the cache's entries as Redis has them.
+#[derive(Clone)]
+pub struct CacheInspector {
+    redis: redis::aio::ConnectionManager,
+}
+
+impl CacheInspector {
+    pub async fn connect(redis_url: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(redis_url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        Ok(Self {
+            redis: redis::aio::ConnectionManager::new_with_config(client, config).await?,
+        })
+    }
+
+    /// The raw value of an order's key.
+    pub async fn raw(&self, order_id: i64) -> Result<Option<Vec<u8>>, redis::RedisError> {
+        self.query(redis::cmd("GET").arg(cache::key(order_id))).await
+    }
+
+    /// Runs `command`, once more if the connection had dropped (after a Redis restart the first
+    /// command finds the old connection broken; the manager reconnects for the next one).
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, redis::RedisError> {
+        let mut redis = self.redis.clone();
+        match command.query_async(&mut redis).await {
+            Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                command.query_async(&mut redis).await
+            }
+            result => result,
+        }
+    }
+
+    /// An order's entry, decoded as the service decodes it (a lease reads as a miss).
+    pub async fn entry(&self, order_id: i64) -> Result<Cached, redis::RedisError> {
+        Ok(cache::decode(self.raw(order_id).await?))
+    }
+
+    /// Each order's entry, in one `MGET`.
+    pub async fn entries(&self, order_ids: &[i64]) -> Result<Vec<Cached>, redis::RedisError> {
+        Ok(self
+            .values(order_ids)
+            .await?
+            .into_iter()
+            .map(cache::decode)
+            .collect())
+    }
+
+    async fn values(&self, order_ids: &[i64]) -> Result<Vec<Option<Vec<u8>>>, redis::RedisError> {
+        if order_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = order_ids.iter().map(|id| cache::key(*id)).collect();
+        self.query(redis::cmd("MGET").arg(&keys)).await
+    }
+
+    /// The version each order's key announces (`None`: absent, a lease, or unreadable), in one `MGET`.
+    pub async fn versions(&self, order_ids: &[i64]) -> Result<Vec<Option<i64>>, redis::RedisError> {
+        Ok(self
+            .values(order_ids)
+            .await?
+            .into_iter()
+            .map(|value| value.as_deref().and_then(cache::version))
+            .collect())
+    }
+
+    /// Polls until Redis holds `version` of the order or a newer one, and returns that entry; on
+    /// timeout, says what it held last.
+    pub async fn wait_for_version(
+        &self,
+        order_id: i64,
+        version: i64,
+        within: Duration,
+    ) -> Result<pb::Order, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = match self.entry(order_id).await {
+                Ok(Cached::Hit(order)) if order.version >= version => return Ok(order),
+                Ok(Cached::Hit(order)) => format!("version {}", order.version),
+                Ok(Cached::Miss) => "no entry".into(),
+                Ok(Cached::Corrupt(_)) => "a corrupt entry".into(),
+                Err(error) => format!("redis: {error}"),
+            };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "Redis did not hold order {order_id} version {version} within {within:?}; last: {last}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
