@@ -188,6 +188,11 @@ pub struct App {
 }
 
 impl App {
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
     /// The generated client, for requests the helpers below do not make (malformed ones, metadata).
     pub fn grpc(&self) -> OrderServiceClient<Channel> {
         self.api.grpc()

@@ -25,7 +25,8 @@ use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 struct Harness {
     runtime: tokio::runtime::Runtime,
     stack: Stack,
-    logs: tempfile::TempDir,
+    /// The instances' logs: `CONSISTENCY_LOGS` if set (kept), else a temporary directory.
+    logs: Logs,
     runs: std::cell::Cell<usize>,
 }
 
@@ -51,7 +52,7 @@ impl Harness {
         Self {
             runtime,
             stack,
-            logs: tempfile::tempdir().expect("a log directory"),
+            logs: Logs::new(),
             runs: std::cell::Cell::new(0),
         }
     }
@@ -66,7 +67,7 @@ impl Harness {
             variant,
             assignment: scenario.assignment,
             partitions: 3,
-            log_dir: self.logs.path().to_path_buf(),
+            log_dir: self.logs.path(),
             pace: None,
             initial_updaters: 1,
         };
@@ -94,6 +95,27 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{scenario}\n{e}"));
         assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
         report
+    }
+}
+
+enum Logs {
+    Kept(PathBuf),
+    Temporary(tempfile::TempDir),
+}
+
+impl Logs {
+    fn new() -> Self {
+        match std::env::var_os("CONSISTENCY_LOGS") {
+            Some(dir) => Self::Kept(PathBuf::from(dir)),
+            None => Self::Temporary(tempfile::tempdir().expect("a log directory")),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            Self::Kept(dir) => dir.clone(),
+            Self::Temporary(dir) => dir.path().to_path_buf(),
+        }
     }
 }
 
@@ -198,8 +220,8 @@ fn a_tour_of_every_fault_keeps_the_cache_consistent() {
         report.stats.faults
     );
     assert!(
-        report.stats.rebalances >= 5,
-        "the updaters counted a rebalance for each of the 5 membership changes: {}",
+        report.stats.rebalances >= 6,
+        "partitions moved in each of the 6 changes of the group: {}",
         report.stats.rebalances
     );
 }
@@ -310,11 +332,12 @@ fn generated_scenarios_keep_the_cache_consistent() {
 }
 
 /// Runs generated scenarios against a broken `variant` and requires the checker to catch it by one of
-/// the invariants it breaks. A violation of any other invariant fails the test: the variant was
-/// caught for the wrong reason, or the harness broke something itself.
+/// the invariants it breaks. A violation of an invariant that does not follow from the bug fails the
+/// test: the variant was caught for the wrong reason, or the harness broke something itself.
 fn assert_caught(variant: Variant, strategy: impl Strategy<Value = Scenario>) {
     let expected = variant.breaks();
     assert!(!expected.is_empty(), "{variant:?} is not a broken variant");
+    let allowed: Vec<Invariant> = expected.iter().chain(variant.may_also_break()).copied().collect();
     let harness = Harness::start();
     let wrong_reason = RefCell::new(Vec::new());
     let result = each_case(4, strategy, |scenario| {
@@ -339,7 +362,7 @@ fn assert_caught(variant: Variant, strategy: impl Strategy<Value = Scenario>) {
     let wrong_reason = wrong_reason.into_inner();
     assert!(
         wrong_reason.is_empty(),
-        "{variant:?} broke invariants other than {expected:?}:\n{}",
+        "{variant:?} broke invariants other than {allowed:?}:\n{}",
         wrong_reason.join("\n\n")
     );
     match result {

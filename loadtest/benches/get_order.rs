@@ -27,7 +27,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use loadtest::cache_off::RefusingRedis;
 use loadtest::seed;
 use loadtest::stats::Summary;
-use loadtest::target::{self, LocalStack, RunningService};
+use loadtest::target::{self, LocalStack};
 use rand::seq::IndexedRandom;
 use service::config::Component;
 use service::proto::orders::v1 as pb;
@@ -135,16 +135,13 @@ fn main() {
     let (stack, cached_service, uncached_service, stub, ids, cache, cache_off) = runtime.block_on(async {
         let stack = must("starting the local stack", LocalStack::start("bench").await);
         let all = [Component::Api, Component::Relay, Component::Updater];
-        let cached_service = must(
-            "the service",
-            RunningService::start(stack.settings().clone(), &all).await,
-        );
+        let cached_service = must("the service", stack.spawn(stack.settings().clone(), &all).await);
         let stub = must("the refusing Redis", RefusingRedis::start().await);
         let mut settings = stack.settings().clone();
         settings.redis_url = stub.url();
         let uncached_service = must(
             "the cache-off service",
-            RunningService::start(settings, &[Component::Api]).await,
+            stack.spawn(settings, &[Component::Api]).await,
         );
 
         let client = must("a client", target::connect(&cached_service.endpoint()).await);
@@ -239,7 +236,7 @@ async fn closed_port(stack: &LocalStack, ids: &[i64], concurrency: usize) {
     settings.redis_url = format!("redis://{address}/");
     let service = must(
         "the closed-port service",
-        RunningService::start(settings, &[Component::Api]).await,
+        stack.spawn(settings, &[Component::Api]).await,
     );
     let side = Side::connect("closed_port", &service.endpoint(), concurrency).await;
     let requests = CLOSED_PORT_REQUESTS * concurrency;

@@ -18,15 +18,15 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use goose::config::GooseConfiguration;
 use goose::prelude::*;
+use harness::app::App;
 use loadtest::cache_admin::CacheAdmin;
 use loadtest::memory::{self, Process};
 use loadtest::report::{self, RunFigures};
 use loadtest::scenarios::{self, Weights};
 use loadtest::seed::{self, CacheMode, Preparation};
 use loadtest::staleness::{self, Probe, ProbeSettings};
-use loadtest::target::{self, LocalStack, RunningService};
+use loadtest::target::{self, LocalStack};
 use loadtest::workload::Workload;
-use service::config::Component;
 
 /// Users when neither `--users` nor a test plan says.
 const DEFAULT_USERS: usize = 8;
@@ -340,11 +340,10 @@ fn attack(
     Ok(attack)
 }
 
-async fn start_local() -> anyhow::Result<(LocalStack, RunningService)> {
+async fn start_local() -> anyhow::Result<(LocalStack, App)> {
     eprintln!("loadtest: starting PostgreSQL, Redis and Kafka (local processes)");
     let stack = LocalStack::start("loadtest").await?;
-    let components = [Component::Api, Component::Relay, Component::Updater];
-    let service = RunningService::start(stack.settings().clone(), &components).await?;
+    let service = stack.spawn(stack.settings().clone(), &harness::app::ALL).await?;
     eprintln!("loadtest: service listening at {}", service.endpoint());
     Ok((stack, service))
 }

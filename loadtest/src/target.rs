@@ -5,54 +5,41 @@
 //! from `/proc/self` (see [`crate::memory`]); the price is that the load generator and the service
 //! share the machine's cores, which the reports say.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
+use harness::app::{App, AppError, Environment};
 use harness::{Backend, Stack, StackOptions};
 use service::config::{Component, Settings};
 use service::proto::orders::v1::order_service_client::OrderServiceClient;
-use service::startup::{Application, StartupError};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where `--host` points when it is not given: the address `ci/run.sh` serves on.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
-
-/// How long a graceful stop of the in-process service may take (its consumer commits and leaves the
-/// group, the relay flushes its producer).
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a first connection to the target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("the local stack did not start: {0}")]
+    #[error("the local stack did not start")]
     Stack(#[from] harness::StackError),
-    #[error("the service did not start: {0}")]
-    Startup(#[from] StartupError),
-    #[error("the service was built without its gRPC API")]
-    NoApi,
+    #[error(transparent)]
+    App(#[from] AppError),
     #[error("{endpoint:?} is not a gRPC endpoint: {reason}")]
     Endpoint { endpoint: String, reason: String },
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}")]
     Connect {
         endpoint: String,
         source: tonic::transport::Error,
     },
-    #[error("the service stopped with an error: {0}")]
-    Stopped(StartupError),
-    #[error("the service did not stop within {0:?}")]
-    StopTimeout(Duration),
-    #[error("the service task panicked")]
-    Panicked,
 }
 
-/// The local stack with a database and topics for one run or one benchmark.
+/// The local stack with a database and topics for one run or one benchmark (the workspace's test
+/// support: [`harness::app`]).
 pub struct LocalStack {
     stack: Stack,
-    settings: Settings,
+    env: Environment,
 }
 
 impl LocalStack {
@@ -65,68 +52,28 @@ impl LocalStack {
             topics: vec![],
         };
         let stack = Stack::start(options).await?;
-        let database_url = stack.create_database(name).await?;
-        let mut settings = Settings::for_endpoints(&database_url, stack.redis_url(), stack.kafka_brokers());
-        settings.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        settings.orders_topic = format!("{name}-order-events");
-        settings.updater_group = format!("{name}-cache-updater");
-        stack
-            .create_topic(
-                &settings.orders_topic,
-                service::events::topics::DEFAULT_PARTITIONS,
-            )
-            .await?;
-        stack.create_topic(&settings.dead_letter_topic(), 1).await?;
-        Ok(Self { stack, settings })
+        let env = Environment::new(&stack, name).await?;
+        Ok(Self { stack, env })
     }
 
     /// The service's settings for this stack: gRPC on a free loopback port, no metrics endpoint.
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        &self.env.settings
     }
 
     pub fn stack(&self) -> &Stack {
         &self.stack
     }
-}
 
-/// The service running as tasks of this process.
-pub struct RunningService {
-    address: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), StartupError>>,
-}
-
-impl RunningService {
-    /// Builds the service (migrations, the bound gRPC port) and runs `components` until [`stop`].
+    /// Runs `components` of the service in this process, with `settings` (from [`settings`], changed).
     ///
-    /// [`stop`]: Self::stop
-    pub async fn start(settings: Settings, components: &[Component]) -> Result<Self, TargetError> {
-        let application = Application::build(settings, components.to_vec()).await?;
-        let address = application.grpc_addr().ok_or(TargetError::NoApi)?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(application.run(shutdown.clone()));
-        Ok(Self {
-            address,
-            shutdown,
-            task,
-        })
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    /// Graceful stop, as on SIGTERM, and the service's own verdict on how it went.
-    pub async fn stop(self) -> Result<(), TargetError> {
-        self.shutdown.cancel();
-        match tokio::time::timeout(STOP_TIMEOUT, self.task).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(TargetError::Stopped(error)),
-            Ok(Err(_)) => Err(TargetError::Panicked),
-            Err(_) => Err(TargetError::StopTimeout(STOP_TIMEOUT)),
-        }
+    /// [`settings`]: Self::settings
+    pub async fn spawn(&self, settings: Settings, components: &[Component]) -> Result<App, TargetError> {
+        let env = Environment {
+            settings,
+            ..self.env.clone()
+        };
+        Ok(env.spawn(components).await?)
     }
 }
 

@@ -95,7 +95,7 @@ pub struct Stats {
     pub faults: BTreeMap<&'static str, usize>,
     /// Why calls had no answer, by the first words of the error.
     pub unknown_reasons: BTreeMap<String, usize>,
-    /// Rebalance callbacks that moved partitions, as the updaters counted them.
+    /// Partitions moved by rebalances, as the updaters counted them.
     pub rebalances: usize,
     /// Keys Redis evicted under `maxmemory`.
     pub evicted_keys: u64,

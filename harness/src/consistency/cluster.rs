@@ -6,8 +6,11 @@
 //! group; Redis is flushed, since order ids restart at 1 in every database.
 //!
 //! Rebalances are counted by the updaters themselves: each serves its metrics, and the cluster reads
-//! their rebalance counter before it stops or kills one, and at the end.
+//! how often each partition was assigned to it before it stops or kills one, and at the end. Summed
+//! over the group, every assignment of a partition after its first is the partition moving: a
+//! rebalance, whatever caused it; the start of the first updater alone counts none.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,8 +50,8 @@ pub struct Cluster {
     api: ManagedProcess,
     updaters: Vec<Updater>,
     next_updater: usize,
-    /// Rebalance callbacks of the updaters already stopped or killed.
-    past_rebalances: usize,
+    /// Assignments per partition counted by the updaters already stopped or killed.
+    past_assignments: BTreeMap<i32, usize>,
     /// Changes of the group's membership after the start (updaters added, removed, killed).
     membership_changes: usize,
 }
@@ -82,7 +85,7 @@ impl Cluster {
             api: ManagedProcess::idle(),
             updaters: Vec::new(),
             next_updater: 0,
-            past_rebalances: 0,
+            past_assignments: BTreeMap::new(),
             membership_changes: 0,
             config,
         };
@@ -123,6 +126,7 @@ impl Cluster {
             ],
             log: self.config.log_dir.join(format!("{name}.log")),
             run_as: None,
+            stop_signal: libc::SIGTERM,
         };
         if let Some(metrics) = metrics {
             launch.envs.push(("METRICS_ADDR".into(), metrics.to_string()));
@@ -164,7 +168,7 @@ impl Cluster {
             return;
         }
         let mut updater = self.updaters.remove(0);
-        self.past_rebalances += rebalances(updater.metrics).await.unwrap_or(0);
+        add(&mut self.past_assignments, assignments(updater.metrics).await);
         self.membership_changes += 1;
         let _ = tokio::task::spawn_blocking(move || updater.process.stop(Duration::from_secs(30))).await;
     }
@@ -175,19 +179,19 @@ impl Cluster {
             return;
         }
         let mut updater = self.updaters.remove(0);
-        self.past_rebalances += rebalances(updater.metrics).await.unwrap_or(0);
+        add(&mut self.past_assignments, assignments(updater.metrics).await);
         self.membership_changes += 1;
         updater.process.kill();
     }
 
-    /// Rebalance callbacks that moved partitions, as the updaters counted them (each member's first
-    /// assignment aside: a process start alone is not a rebalance).
+    /// Partitions moved by rebalances, as the updaters counted them: every assignment of a partition
+    /// after its first.
     pub async fn rebalances(&self) -> usize {
-        let mut total = self.past_rebalances;
+        let mut total = self.past_assignments.clone();
         for updater in &self.updaters {
-            total += rebalances(updater.metrics).await.unwrap_or(0);
+            add(&mut total, assignments(updater.metrics).await);
         }
-        total
+        total.values().map(|n| n.saturating_sub(1)).sum()
     }
 
     /// Updaters added, removed or killed since the start: each must show as a rebalance.
@@ -226,21 +230,25 @@ fn free_address() -> Result<SocketAddr, StackError> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// An updater's rebalance callbacks beyond its first assignment, from its `/metrics`
-/// (`orders_updater_rebalances_total`); `None` if it does not answer.
-async fn rebalances(metrics: SocketAddr) -> Option<usize> {
-    let page = tokio::time::timeout(Duration::from_secs(2), scrape(metrics))
-        .await
-        .ok()?
-        .ok()?;
-    let count = |kind: &str| -> usize {
-        let prefix = format!("orders_updater_rebalances_total{{kind=\"{kind}\"}} ");
-        page.lines()
-            .find_map(|line| line.strip_prefix(&prefix))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .map_or(0, |value| value as usize)
+/// How often each partition was assigned to an updater, from its `/metrics`
+/// (`orders_updater_partitions_assigned_total{partition="…"}`); empty if it does not answer.
+async fn assignments(metrics: SocketAddr) -> BTreeMap<i32, usize> {
+    let Ok(Ok(page)) = tokio::time::timeout(Duration::from_secs(2), scrape(metrics)).await else {
+        return BTreeMap::new();
     };
-    Some(count("assigned").saturating_sub(1) + count("revoked"))
+    page.lines()
+        .filter_map(|line| line.strip_prefix("orders_updater_partitions_assigned_total{partition=\""))
+        .filter_map(|rest| {
+            let (partition, rest) = rest.split_once("\"} ")?;
+            Some((partition.parse().ok()?, rest.trim().parse::<f64>().ok()? as usize))
+        })
+        .collect()
+}
+
+fn add(total: &mut BTreeMap<i32, usize>, more: BTreeMap<i32, usize>) {
+    for (partition, count) in more {
+        *total.entry(partition).or_default() += count;
+    }
 }
 
 /// `GET /metrics`, the body as text.

@@ -67,7 +67,7 @@ pub fn text(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "  rebalances          {} (callbacks that moved partitions, counted by the updaters)",
+        "  rebalances          {} partitions moved (counted by the updaters)",
         s.rebalances
     );
     let _ = writeln!(out, "  keys evicted        {}", s.evicted_keys);

@@ -81,6 +81,7 @@ pub async fn run(
         sampling.clone(),
     ));
     let mut taken = Vec::new();
+    let mut membership_steps = 0;
     for (index, step) in steps.into_iter().enumerate() {
         on_step(index, &step);
         match &step {
@@ -89,7 +90,9 @@ pub async fn run(
             Step::Race { clients, seed } => workload.race(*clients, *seed).await,
             Step::Fault { fault, traffic, seed } => {
                 let start = history.now();
+                let members_before = cluster.membership_changes();
                 let injected = inject(stack, &mut cluster, &workload, *fault, *traffic, *seed).await?;
+                membership_steps += usize::from(cluster.membership_changes() > members_before);
                 history.record_evictions(injected.evicted_keys);
                 probe.through_every_partition(PROBE_WITHIN).await?;
                 history.record_fault(FaultWindow {
@@ -109,7 +112,7 @@ pub async fn run(
     let _ = sampler.await;
     let state = settle::final_state(&cluster, quiescent).await?;
     check_partitions(&state, partitions)?;
-    let floors = floors(&taken, cluster.membership_changes());
+    let floors = floors(&taken, membership_steps);
     cluster.stop().await;
     Ok(RunOutcome {
         recorded: history.snapshot(),
@@ -138,7 +141,8 @@ fn check_partitions(state: &FinalState, partitions: i32) -> Result<(), RunError>
 /// reads, half of them to the three newest orders; so a tenth of the requested operations as answered
 /// writes, and a hundredth each as reads served by the cache and as writes over a cached entry, hold
 /// with room to spare for a working system, and fail for one where nothing gets through.
-fn floors(steps: &[Step], membership_changes: usize) -> Floors {
+/// Each step that changed the group's membership must have moved at least one partition.
+fn floors(steps: &[Step], membership_steps: usize) -> Floors {
     let requested: usize = steps
         .iter()
         .map(|step| match step {
@@ -163,7 +167,7 @@ fn floors(steps: &[Step], membership_changes: usize) -> Floors {
         writes: requested / 10,
         cache_reads: requested / 100,
         staleness_samples: requested / 100,
-        rebalances: membership_changes,
+        rebalances: membership_steps,
         evicted_keys: evictions as u64,
     }
 }

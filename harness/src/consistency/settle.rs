@@ -32,7 +32,7 @@ pub struct FinalState {
     pub cache: HashMap<i64, Cached>,
     /// Whether the outbox drained and the group caught up before the deadline.
     pub quiescent: Result<(), String>,
-    /// Rebalance callbacks that moved partitions, as the updaters counted them.
+    /// Partitions moved by rebalances, as the updaters counted them.
     pub rebalances: usize,
 }
 

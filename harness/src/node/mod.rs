@@ -69,6 +69,16 @@ impl Variant {
             Self::StoreOnReceipt => &[Invariant::Convergence],
         }
     }
+
+    /// What else may follow from the bug, beside [`breaks`](Self::breaks): an older version written
+    /// last, or an event lost, also leaves the cache behind at the end. Any other invariant violated
+    /// means something else went wrong.
+    pub fn may_also_break(self) -> &'static [Invariant] {
+        match self {
+            Self::BlindCacheWrite | Self::CommitThenProduce => &[Invariant::Convergence],
+            _ => &[],
+        }
+    }
 }
 
 /// Runs one node until `shutdown`: the parts in `components`, as `variant` has them.

@@ -73,6 +73,10 @@ pub struct Launch {
     pub log: PathBuf,
     /// Run as this uid/gid (PostgreSQL refuses to run as root).
     pub run_as: Option<(u32, u32)>,
+    /// The signal of a graceful stop: SIGTERM, but for PostgreSQL, whose SIGTERM ("smart" shutdown)
+    /// waits for every client to disconnect, which a service's pool never does; SIGINT is its "fast"
+    /// shutdown (`pg_ctl stop`'s default): clients are disconnected, and the server stops cleanly.
+    pub stop_signal: libc::c_int,
 }
 
 impl Launch {
@@ -109,6 +113,7 @@ impl ManagedProcess {
                 envs: Vec::new(),
                 log: PathBuf::from("/dev/null"),
                 run_as: None,
+                stop_signal: libc::SIGTERM,
             },
             child: None,
         }
@@ -150,7 +155,7 @@ impl ManagedProcess {
     /// Graceful stop: SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if self.signal(libc::SIGCONT) {
-            self.signal(libc::SIGTERM);
+            self.signal(self.launch.stop_signal);
             let deadline = Instant::now() + grace;
             while Instant::now() < deadline {
                 if !self.is_running() {

@@ -142,8 +142,8 @@ impl<T: Send + 'static> ChannelContext<T> {
             }
             info!(topic = %self.topic, ?partitions, dropped, "partitions revoked");
         }
-        if !partitions.is_empty() {
-            metrics::rebalance("revoked");
+        for &partition in &partitions {
+            metrics::partition_revoked(partition);
         }
         for partition in &partitions {
             state.offsets.revoke(*partition);
@@ -162,8 +162,8 @@ impl<T: Send + 'static> ChannelContext<T> {
             debug!(topic = %self.topic, %error, "resuming newly assigned partitions");
         }
         info!(topic = %self.topic, ?partitions, "partitions assigned");
-        if !partitions.is_empty() {
-            metrics::rebalance("assigned");
+        for &partition in &partitions {
+            metrics::partition_assigned(partition);
         }
     }
 

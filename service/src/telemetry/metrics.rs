@@ -61,7 +61,13 @@ pub fn consumer_lag(lag: i64) {
     gauge!("orders_updater_consumer_lag").set(lag as f64);
 }
 
-/// A rebalance callback of the updater's consumer that moved partitions: `assigned` or `revoked`.
-pub fn rebalance(kind: &'static str) {
-    counter!("orders_updater_rebalances_total", "kind" => kind).increment(1);
+/// A partition given to the updater's consumer by a rebalance (its first assignment included): summed
+/// over a group's members, every assignment of a partition after its first is the partition moving.
+pub fn partition_assigned(partition: i32) {
+    counter!("orders_updater_partitions_assigned_total", "partition" => partition.to_string()).increment(1);
+}
+
+/// A partition taken from the updater's consumer by a rebalance.
+pub fn partition_revoked(partition: i32) {
+    counter!("orders_updater_partitions_revoked_total", "partition" => partition.to_string()).increment(1);
 }

@@ -92,6 +92,7 @@ pub fn prepare(dir: &Path, nodes: &[NodePorts]) -> Result<Vec<Launch>> {
             envs: vec![],
             log: node_dir.join("stdout.log"),
             run_as: None,
+            stop_signal: libc::SIGTERM,
         });
     }
     Ok(launches)

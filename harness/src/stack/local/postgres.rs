@@ -75,6 +75,7 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PostgresLaunch> {
         envs: vec![],
         log: dir.join("postgres.log"),
         run_as,
+        stop_signal: libc::SIGINT,
     };
     Ok(PostgresLaunch {
         launch,

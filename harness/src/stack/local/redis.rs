@@ -40,6 +40,7 @@ pub fn prepare(dir: &Path, port: u16) -> Result<RedisLaunch> {
         envs: vec![],
         log: dir.join("redis.log"),
         run_as: None,
+        stop_signal: libc::SIGTERM,
     };
     Ok(RedisLaunch {
         launch,
