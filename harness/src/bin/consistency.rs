@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use harness::consistency::report;
 use harness::consistency::scenario::{Assignment, Fault, Step};
+use harness::consistency::workload::Mix;
 use harness::consistency::{ClusterConfig, check, run};
 use harness::node::Variant;
 use harness::{Backend, Stack, StackOptions};
@@ -30,6 +31,12 @@ struct Cli {
     /// Client operations per second, all clients together.
     #[arg(long, default_value_t = 300.0, value_parser = positive_rate)]
     rate: f64,
+
+    /// Orders in progress at once: a finished order is replaced by a new one, so most status changes
+    /// commit a version, and the sampler watches a bounded set of keys; 0: every order stays a target
+    /// (finished orders are asked for illegal changes, as in the tests).
+    #[arg(long, default_value_t = 200)]
+    working_set: usize,
 
     /// Concurrent clients.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=64))]
@@ -174,6 +181,10 @@ fn main() -> anyhow::Result<()> {
         partitions: cli.partitions,
         log_dir: cli.out.join("logs"),
         pace: Some(cli.rate),
+        mix: match cli.working_set {
+            0 => Mix::Everything,
+            size => Mix::WorkingSet(size),
+        },
         initial_updaters: cli.updaters.into(),
     };
 

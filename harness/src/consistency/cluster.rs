@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::scenario::Assignment;
+use super::workload::Mix;
 use crate::client::OrdersClient;
 use crate::node::Variant;
 use crate::stack::process::{Launch, ManagedProcess};
@@ -35,6 +36,8 @@ pub struct ClusterConfig {
     pub log_dir: PathBuf,
     /// Most client operations per second, all clients together; `None`: as fast as they go.
     pub pace: Option<f64>,
+    /// How the clients choose what to do.
+    pub mix: Mix,
     /// Cache-updater instances at the start (at least 1).
     pub initial_updaters: usize,
 }

@@ -83,17 +83,21 @@ pub async fn inject(
         }
         Fault::RedisFlush => {
             let redis = redis_connection(stack).await?;
+            // Every 50 to 300 ms while the traffic lasts.
             let flushes = async {
                 let mut rng = StdRng::seed_from_u64(seed);
-                for _ in 0..5 {
-                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
-                    let mut redis = redis.clone();
-                    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await?;
+                let mut redis = redis.clone();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(50..300))).await;
+                    if let Err(error) = redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await {
+                        return error;
+                    }
                 }
-                Ok::<(), redis::RedisError>(())
             };
-            let (_, flushed) = tokio::join!(load(), flushes);
-            flushed?;
+            tokio::select! {
+                _ = load() => {}
+                error = flushes => return Err(RunError::Redis(error)),
+            }
         }
         Fault::RedisEvict => {
             let mut redis = redis_connection(stack).await?;

@@ -64,10 +64,10 @@ pub async fn run(
     run_name: &str,
     mut on_step: impl FnMut(usize, &Step),
 ) -> Result<RunOutcome, RunError> {
-    let (pace, partitions) = (config.pace, config.partitions);
+    let (pace, mix, partitions) = (config.pace, config.mix, config.partitions);
     let mut cluster = Cluster::start(stack, config, run_name).await?;
     let history = Arc::new(History::new());
-    let workload = Workload::new(cluster.client(), history.clone(), pace);
+    let workload = Workload::new(cluster.client(), history.clone(), pace, mix);
     let inspector = CacheInspector::connect(&cluster.redis_url).await?;
     let mut probe = Probe::new(cluster.client(), inspector.clone(), partitions);
     // Measure from a working system.

@@ -1,4 +1,4 @@
-//! The sampler: reads every known order's cache entry straight from Redis every [`SAMPLE_EVERY`], like
+//! The sampler: reads every watched order's cache entry straight from Redis every [`SAMPLE_EVERY`], like
 //! a client would (Meta's Polaris does the same against TAO), and records each change in the history:
 //! what the monotonicity check and the staleness figures are made of.
 
@@ -23,7 +23,7 @@ pub async fn sample_cache(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        let ids = workload.known_ids();
+        let ids = workload.watched_ids();
         let at = history.now();
         if let Ok(Ok(versions)) = tokio::time::timeout(Duration::from_millis(200), cache.versions(&ids)).await
         {

@@ -59,7 +59,7 @@ pub enum Fault {
     KafkaKill,
     /// Redis restarted: its data is wiped.
     RedisRestart,
-    /// `FLUSHALL` several times, at random moments of the traffic: every key vanishes at once.
+    /// `FLUSHALL` every 50 to 300 ms while the traffic lasts: every key vanishes at once, again and again.
     RedisFlush,
     /// A small `maxmemory` with `allkeys-lru` during the traffic: Redis evicts keys as it goes.
     RedisEvict,
@@ -132,7 +132,7 @@ impl fmt::Display for Step {
                     }
                     Fault::KafkaKill => "kill -9 a Kafka node, then restart it".to_string(),
                     Fault::RedisRestart => "restart Redis (data wiped)".to_string(),
-                    Fault::RedisFlush => "FLUSHALL Redis now and then".to_string(),
+                    Fault::RedisFlush => "FLUSHALL Redis every few hundred ms".to_string(),
                     Fault::RedisEvict => "make Redis evict keys (small maxmemory, allkeys-lru)".to_string(),
                     Fault::RedisPause {
                         restart_updater: false,

@@ -4,8 +4,12 @@
 //! get) to choose mostly legal transitions, `expected_version`s and `min_version`s that mean something;
 //! a fixed share of requests is illegal on purpose, so refusals are exercised too. Randomness is seeded
 //! per step, so a step replays the same choices (concurrency still interleaves them differently).
+//!
+//! Two mixes ([`Mix`]): every order stays a target (the tests: orders finish and requests to them are
+//! refused), or a bounded working set of orders in progress (the soak: most changes commit a version,
+//! and the sampler watches a bounded set of keys however long the run).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,21 +21,72 @@ use service::proto::orders::v1 as pb;
 use super::history::{History, Op, OpRecord, Outcome};
 use crate::client::{OrdersClient, item};
 
+/// How long the sampler keeps watching an order of the working set after it finished: a fill that read
+/// the order before it finished may land that much later (a slow fill waits up to 500 ms; the end of the
+/// run checks every order anyway).
+pub const RETIRED_WATCH: Duration = Duration::from_secs(5);
+
+/// How the clients choose what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// Every order ever created stays a target; a fifth of the status changes ask for a random status
+    /// (often illegal, sometimes the current one): refusals and no-ops are exercised.
+    Everything,
+    /// At most this many orders in progress are targets: a finished order retires and a new one is
+    /// created; nine status changes in ten are the next legal step.
+    WorkingSet(usize),
+}
+
 /// What the clients believe about the orders.
 #[derive(Debug, Default)]
 pub struct Known {
+    /// Every order created, in creation order.
     pub ids: Vec<i64>,
+    /// The orders still in progress, in creation order (all of `ids` unless the mix has a working set).
+    active: Vec<i64>,
+    /// Finished orders of a working set, and when they finished (history time).
+    retired: VecDeque<(i64, Duration)>,
     latest: HashMap<i64, (i32, i64)>,
 }
 
 impl Known {
-    fn observe(&mut self, order: &pb::Order) {
+    fn observe(&mut self, order: &pb::Order, mix: Mix, now: Duration) {
+        if !self.latest.contains_key(&order.order_id) {
+            self.ids.push(order.order_id);
+            self.active.push(order.order_id);
+        }
         let entry = self
             .latest
             .entry(order.order_id)
             .or_insert((order.status, order.version));
         if order.version >= entry.1 {
             *entry = (order.status, order.version);
+        }
+        let finished = OrderStatus::from_proto(entry.0).is_ok_and(OrderStatus::is_final);
+        if finished
+            && matches!(mix, Mix::WorkingSet(_))
+            && let Some(index) = self.active.iter().position(|id| *id == order.order_id)
+        {
+            self.active.remove(index);
+            self.retired.push_back((order.order_id, now));
+        }
+    }
+
+    /// The orders the sampler watches.
+    fn watched(&mut self, mix: Mix, now: Duration) -> Vec<i64> {
+        match mix {
+            Mix::Everything => self.ids.clone(),
+            Mix::WorkingSet(_) => {
+                while self
+                    .retired
+                    .front()
+                    .is_some_and(|(_, at)| now.saturating_sub(*at) > RETIRED_WATCH)
+                {
+                    self.retired.pop_front();
+                }
+                let retired = self.retired.iter().map(|(id, _)| *id);
+                self.active.iter().copied().chain(retired).collect()
+            }
         }
     }
 }
@@ -43,20 +98,25 @@ pub struct Workload {
     known: Arc<Mutex<Known>>,
     /// Most operations per second over all clients of a step.
     pace: Option<f64>,
+    mix: Mix,
 }
 
 impl Workload {
-    pub fn new(client: OrdersClient, history: Arc<History>, pace: Option<f64>) -> Self {
+    pub fn new(client: OrdersClient, history: Arc<History>, pace: Option<f64>, mix: Mix) -> Self {
         Self {
             client,
             history,
             known: Arc::new(Mutex::new(Known::default())),
             pace: pace.filter(|rate| *rate > 0.0),
+            mix,
         }
     }
 
-    pub fn known_ids(&self) -> Vec<i64> {
-        self.with_known(|known| known.ids.clone())
+    /// The orders whose cache entries the sampler watches: every order, or the working set and the
+    /// orders that left it in the last [`RETIRED_WATCH`].
+    pub fn watched_ids(&self) -> Vec<i64> {
+        let now = self.history.now();
+        self.with_known(|known| known.watched(self.mix, now))
     }
 
     fn with_known<T>(&self, action: impl FnOnce(&mut Known) -> T) -> T {
@@ -147,29 +207,40 @@ impl Workload {
     }
 
     fn choose(&self, rng: &mut StdRng) -> Op {
+        // (creates, status changes, single reads) as cumulative shares; batch reads take the rest. Of
+        // the status changes, the next step, a cancellation, and a random status.
+        let ((create, update, get), (next, cancel)) = match self.mix {
+            Mix::Everything => ((0.03, 0.65, 0.9), (0.7, 0.8)),
+            Mix::WorkingSet(_) => ((0.0, 0.8, 0.95), (0.9, 0.95)),
+        };
         self.with_known(|known| {
-            if known.ids.is_empty() {
+            let targets = &known.active;
+            let short = matches!(self.mix, Mix::WorkingSet(size) if targets.len() < size);
+            if targets.is_empty() || short {
                 return Op::Create;
             }
             // Half the traffic goes to the three newest orders, to make clients collide.
             let pick = |rng: &mut StdRng| {
-                let hot = known.ids.len().min(3);
+                let hot = targets.len().min(3);
                 if rng.random_bool(0.5) {
-                    known.ids[known.ids.len() - 1 - rng.random_range(0..hot)]
+                    targets[targets.len() - 1 - rng.random_range(0..hot)]
                 } else {
-                    known.ids[rng.random_range(0..known.ids.len())]
+                    targets[rng.random_range(0..targets.len())]
                 }
             };
             let order_id = pick(rng);
             let (status, version) = known.latest.get(&order_id).copied().unwrap_or((1, 1));
             let roll: f64 = rng.random();
-            if roll < 0.03 {
+            if roll < create {
                 Op::Create
-            } else if roll < 0.65 {
-                let to = match rng.random_range(0..10) {
-                    0..=6 => next_status(status).unwrap_or(pb::OrderStatus::Cancelled as i32),
-                    7 => pb::OrderStatus::Cancelled as i32,
-                    _ => rng.random_range(1..=8), // often illegal, sometimes the same status
+            } else if roll < update {
+                let kind: f64 = rng.random();
+                let to = if kind < next {
+                    next_status(status).unwrap_or(pb::OrderStatus::Cancelled as i32)
+                } else if kind < cancel {
+                    pb::OrderStatus::Cancelled as i32
+                } else {
+                    rng.random_range(1..=8) // often illegal, sometimes the same status
                 };
                 let expected_version = rng.random_bool(0.3).then_some(version);
                 Op::Update {
@@ -177,7 +248,7 @@ impl Workload {
                     to,
                     expected_version,
                 }
-            } else if roll < 0.9 {
+            } else if roll < get {
                 let min_version = if rng.random_bool(0.5) { version } else { 0 };
                 Op::Get {
                     order_id,
@@ -239,15 +310,10 @@ impl Workload {
         };
         let end = self.history.now();
         match &outcome {
-            Outcome::Written(order) => self.with_known(|known| {
-                if !known.latest.contains_key(&order.order_id) {
-                    known.ids.push(order.order_id);
-                }
-                known.observe(order);
-            }),
+            Outcome::Written(order) => self.with_known(|known| known.observe(order, self.mix, end)),
             Outcome::Read(orders) => self.with_known(|known| {
                 for (order, _) in orders {
-                    known.observe(order);
+                    known.observe(order, self.mix, end);
                 }
             }),
             _ => {}
