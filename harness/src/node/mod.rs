@@ -9,7 +9,6 @@ mod cache;
 mod relay;
 
 use clap::ValueEnum;
-use service::cache::CacheError;
 use service::config::{Component, Settings};
 use service::events::topics;
 use service::reads::OrderReader;
@@ -184,7 +183,5 @@ async fn spawn_updater(
 
 async fn raw_writes(app: &Application) -> Result<RawWrites, StartupError> {
     let settings = app.settings();
-    RawWrites::connect(&settings.redis_url, settings.cache_ttl())
-        .await
-        .map_err(|error: CacheError| StartupError::Cache(error))
+    Ok(RawWrites::connect(&settings.redis_url, settings.cache_ttl()).await?)
 }
