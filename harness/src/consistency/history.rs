@@ -120,6 +120,16 @@ impl History {
         });
     }
 
+    /// Whether the last sample of the order's cache entry held nothing older than `version`.
+    pub fn cache_settled(&self, order_id: i64, version: i64) -> bool {
+        self.with(|data| {
+            data.cache
+                .get(&order_id)
+                .and_then(|series| series.last())
+                .is_none_or(|change| change.version.is_none_or(|held| held >= version))
+        })
+    }
+
     /// Everything recorded so far.
     pub fn snapshot(&self) -> Recorded {
         self.with(|data| Recorded {

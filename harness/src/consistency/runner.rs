@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use service::cache::Cached;
 use tokio_util::sync::CancellationToken;
 
 use super::checker::Floors;
@@ -106,11 +107,19 @@ pub async fn run(
     }
 
     let quiescent = settle::quiesce(&cluster).await;
-    // A last look at the cache after everything settled, then stop sampling.
     tokio::time::sleep(SAMPLE_EVERY * 5).await;
     sampling.cancel();
     let _ = sampler.await;
     let state = settle::final_state(&cluster, quiescent).await?;
+    // A last look at every order's entry, watched or not, once everything settled.
+    let end = history.now();
+    for (order_id, entry) in &state.cache {
+        let version = match entry {
+            Cached::Hit(order) => Some(order.version),
+            Cached::Miss | Cached::Corrupt(_) => None,
+        };
+        history.record_cache(*order_id, version, end);
+    }
     check_partitions(&state, partitions)?;
     let floors = floors(&taken, membership_steps);
     cluster.stop().await;

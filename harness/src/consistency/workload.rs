@@ -21,9 +21,9 @@ use service::proto::orders::v1 as pb;
 use super::history::{History, Op, OpRecord, Outcome};
 use crate::client::{OrdersClient, item};
 
-/// How long the sampler keeps watching an order of the working set after it finished: a fill that read
-/// the order before it finished may land that much later (a slow fill waits up to 500 ms; the end of the
-/// run checks every order anyway).
+/// How long the sampler keeps watching an order of the working set after it finished and its cache entry
+/// caught up: a fill that read the order before it finished may land that much later (a slow fill
+/// waits up to 500 ms; the end of the run samples every order once more anyway).
 pub const RETIRED_WATCH: Duration = Duration::from_secs(5);
 
 /// How the clients choose what to do.
@@ -44,8 +44,8 @@ pub struct Known {
     pub ids: Vec<i64>,
     /// The orders still in progress, in creation order (all of `ids` unless the mix has a working set).
     active: Vec<i64>,
-    /// Finished orders of a working set, and when they finished (history time).
-    retired: VecDeque<(i64, Duration)>,
+    /// Finished orders of a working set: id, final version, when they finished (history time).
+    retired: VecDeque<(i64, i64, Duration)>,
     latest: HashMap<i64, (i32, i64)>,
 }
 
@@ -68,23 +68,24 @@ impl Known {
             && let Some(index) = self.active.iter().position(|id| *id == order.order_id)
         {
             self.active.remove(index);
-            self.retired.push_back((order.order_id, now));
+            self.retired.push_back((order.order_id, entry.1, now));
         }
     }
 
-    /// The orders the sampler watches.
-    fn watched(&mut self, mix: Mix, now: Duration) -> Vec<i64> {
+    /// The orders the sampler watches: a finished order of the working set until its cache entry has
+    /// held nothing older than its final version for [`RETIRED_WATCH`].
+    fn watched(&mut self, mix: Mix, now: Duration, history: &History) -> Vec<i64> {
         match mix {
             Mix::Everything => self.ids.clone(),
             Mix::WorkingSet(_) => {
-                while self
-                    .retired
-                    .front()
-                    .is_some_and(|(_, at)| now.saturating_sub(*at) > RETIRED_WATCH)
-                {
-                    self.retired.pop_front();
+                for (id, version, at) in &mut self.retired {
+                    if !history.cache_settled(*id, *version) {
+                        *at = now;
+                    }
                 }
-                let retired = self.retired.iter().map(|(id, _)| *id);
+                self.retired
+                    .retain(|(_, _, at)| now.saturating_sub(*at) <= RETIRED_WATCH);
+                let retired = self.retired.iter().map(|(id, _, _)| *id);
                 self.active.iter().copied().chain(retired).collect()
             }
         }
@@ -113,10 +114,10 @@ impl Workload {
     }
 
     /// The orders whose cache entries the sampler watches: every order, or the working set and the
-    /// orders that left it in the last [`RETIRED_WATCH`].
+    /// finished orders whose entries have not settled for [`RETIRED_WATCH`] yet.
     pub fn watched_ids(&self) -> Vec<i64> {
         let now = self.history.now();
-        self.with_known(|known| known.watched(self.mix, now))
+        self.with_known(|known| known.watched(self.mix, now, &self.history))
     }
 
     fn with_known<T>(&self, action: impl FnOnce(&mut Known) -> T) -> T {
