@@ -14,7 +14,9 @@ use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 
-use harness::consistency::scenario::{Assignment, Fault, Scenario, Step, fault_strategy, scenario_strategy};
+use harness::consistency::scenario::{
+    Assignment, Fault, FaultKind, Scenario, Step, fault_strategy, scenario_strategy,
+};
 use harness::consistency::workload::Mix;
 use harness::consistency::{ClusterConfig, Invariant, Report, check, run};
 use harness::node::Variant;
@@ -217,7 +219,7 @@ fn a_tour_of_every_fault_keeps_the_cache_consistent() {
     );
     assert_eq!(
         report.stats.faults.len(),
-        Fault::KINDS.len(),
+        FaultKind::ALL.len(),
         "every fault kind ran: {:?}",
         report.stats.faults
     );
@@ -255,7 +257,7 @@ fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
         steps,
     };
     let report = harness.run_consistent(&scenario);
-    assert_eq!(report.stats.faults.get("kafka-kill"), Some(&3));
+    assert_eq!(report.stats.faults.get(&FaultKind::KafkaKill), Some(&3));
 }
 
 /// A few cases each (every case is a real run of several seconds); shrinking is bounded for the same
@@ -315,11 +317,10 @@ fn each_case(
     result
 }
 
-#[test]
-fn generated_scenarios_keep_the_cache_consistent() {
+/// Runs generated scenarios against the correct service with slow fills (reads hold the read-through
+/// race window open for up to 500 ms); any violation fails the test, shrunk.
+fn assert_consistent(strategy: impl Strategy<Value = Scenario>) {
     let harness = Harness::start();
-    let strategy = scenario_strategy(3..=6, fault_strategy().boxed());
-    // Correct, with slow fills: reads hold the read-through race window open for up to 500 ms.
     let result = each_case(cases_from_env(4), strategy, |scenario| {
         let report = harness.run(scenario, Variant::SlowFill)?;
         Ok(if report.is_consistent() {
@@ -331,6 +332,11 @@ fn generated_scenarios_keep_the_cache_consistent() {
     if let Err(error) = result {
         panic!("{error}");
     }
+}
+
+#[test]
+fn generated_scenarios_keep_the_cache_consistent() {
+    assert_consistent(scenario_strategy(3..=6, fault_strategy().boxed()));
 }
 
 /// Runs generated scenarios against a broken `variant` and requires the checker to catch it by one of
@@ -443,20 +449,9 @@ fn the_checker_catches_a_fill_without_a_lease() {
 /// The correct service under the very scenarios that catch the fill without a lease.
 #[test]
 fn fills_under_leases_survive_the_key_loss_that_catches_the_fill_without_one() {
-    let harness = Harness::start();
-    let strategy =
-        with_steps((traffic(), key_loss(), key_loss(), traffic()).prop_map(|(a, b, c, d)| vec![a, b, c, d]));
-    let result = each_case(cases_from_env(4), strategy, |scenario| {
-        let report = harness.run(scenario, Variant::SlowFill)?;
-        Ok(if report.is_consistent() {
-            Ok(())
-        } else {
-            Err(format!("{scenario}\n{}", report.summary(20)))
-        })
-    });
-    if let Err(error) = result {
-        panic!("{error}");
-    }
+    assert_consistent(with_steps(
+        (traffic(), key_loss(), key_loss(), traffic()).prop_map(|(a, b, c, d)| vec![a, b, c, d]),
+    ));
 }
 
 #[test]

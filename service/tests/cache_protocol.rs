@@ -1,13 +1,14 @@
 //! The cache's lease protocol against a real Redis, race by race, with the interleavings forced by
 //! hand: each test is one of the ways a late writer could bring back an older version, and shows that
-//! the protocol stops it. Where the fill of the service before leases (the harness's
-//! `FillWithoutLease`) would land, the test shows that too, so the check is one that can fail.
+//! the protocol stops it. Where the fill of the service before leases (the harness's `UnleasedFill`,
+//! a compare-and-set that also writes into an absent key) would land, the test shows that too, so the
+//! check is one that can fail.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use harness::app::shared_stack;
-use harness::node::{FillWithoutLease, RawWrites};
+use harness::node::{RawWrite, RawWrites, UnleasedFill};
 use service::cache::{Cached, Lease, Miss, OrderCache, WriteOutcome};
 use service::domain::OrderId;
 use service::proto::orders::v1 as pb;
@@ -92,6 +93,15 @@ impl Fixture {
             .expect("DEL");
     }
 
+    /// The key's time to live, in ms (negative: none, or no key).
+    async fn pttl(&mut self, id: OrderId) -> i64 {
+        redis::cmd("PTTL")
+            .arg(service::cache::key(id.get()))
+            .query_async(&mut self.redis)
+            .await
+            .expect("PTTL")
+    }
+
     async fn expire_now(&mut self, id: OrderId) {
         let _: i64 = redis::cmd("PEXPIRE")
             .arg(service::cache::key(id.get()))
@@ -105,7 +115,7 @@ impl Fixture {
     /// The fill of the service before leases, for contrast.
     async fn fill_without_lease(&self, order: &pb::Order) -> WriteOutcome {
         let raw = RawWrites::connect(&self.redis_url, TTL).await.expect("redis");
-        let old = FillWithoutLease::new(self.cache.clone(), raw);
+        let old = UnleasedFill::new(self.cache.clone(), raw, RawWrite::IfAbsentOrOlder);
         old.fill_many(&[(order, &Lease::new())])
             .await
             .expect("redis")
@@ -257,4 +267,30 @@ async fn a_lease_replaces_an_unreadable_value_only_if_it_is_still_there() {
     let lease = lease.expect("a lease over the garbage it saw");
     assert_eq!(fx.fill(&version(id, 2), &lease).await, WriteOutcome::Written);
     assert_eq!(fx.held(id).await, Cached::Hit(version(id, 2)));
+}
+
+/// A reader that dies between its lease and its fill keeps others from filling only for a while; an
+/// entry lives as long as the service's TTL.
+#[tokio::test]
+async fn leases_and_entries_expire() {
+    let mut fx = Fixture::new().await;
+    let id = fresh_id();
+    let lease = fx.lease(id).await.expect("a lease");
+    let lease_ttl = fx.pttl(id).await;
+    assert!(
+        (1..=service::cache::LEASE_TTL.as_millis() as i64).contains(&lease_ttl),
+        "a lease expires: {lease_ttl} ms"
+    );
+    fx.fill(&version(id, 1), &lease).await;
+    let entry_ttl = fx.pttl(id).await;
+    assert!(
+        (service::cache::LEASE_TTL.as_millis() as i64..=TTL.as_millis() as i64).contains(&entry_ttl),
+        "an entry lives the cache's TTL: {entry_ttl} ms"
+    );
+    fx.update(&version(id, 2)).await;
+    let updated_ttl = fx.pttl(id).await;
+    assert!(
+        (service::cache::LEASE_TTL.as_millis() as i64..=TTL.as_millis() as i64).contains(&updated_ttl),
+        "an update renews it: {updated_ttl} ms"
+    );
 }

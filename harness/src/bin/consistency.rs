@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use harness::consistency::report;
-use harness::consistency::scenario::{Assignment, Fault, Step};
+use harness::consistency::scenario::{Assignment, Fault, FaultKind, Step};
 use harness::consistency::workload::Mix;
 use harness::consistency::{ClusterConfig, check, run};
 use harness::node::Variant;
@@ -126,12 +126,16 @@ fn parse_faults(text: &str) -> anyhow::Result<Vec<Fault>> {
             .split(',')
             .map(|name| {
                 let name = name.trim();
-                all.iter().copied().find(|f| f.kind() == name).with_context(|| {
-                    format!(
-                        "unknown fault {name:?}; known: {}, or all, or none",
-                        Fault::KINDS.join(", ")
-                    )
-                })
+                all.iter()
+                    .copied()
+                    .find(|f| f.kind().name() == name)
+                    .with_context(|| {
+                        let known: Vec<&str> = FaultKind::ALL.iter().map(|kind| kind.name()).collect();
+                        format!(
+                            "unknown fault {name:?}; known: {}, or all, or none",
+                            known.join(", ")
+                        )
+                    })
             })
             .collect(),
     }

@@ -15,6 +15,7 @@ use service::proto::orders::v1 as pb;
 
 use super::history::{Op, Outcome, Recorded};
 use super::runner::RunOutcome;
+use super::scenario::FaultKind;
 use super::settle::FinalState;
 use super::staleness::{self, Staleness};
 
@@ -92,7 +93,7 @@ pub struct Stats {
     pub unknown: usize,
     pub orders: usize,
     pub committed_versions: usize,
-    pub faults: BTreeMap<&'static str, usize>,
+    pub faults: BTreeMap<FaultKind, usize>,
     /// Why calls had no answer, by the first words of the error.
     pub unknown_reasons: BTreeMap<String, usize>,
     /// Partitions moved by rebalances, as the updaters counted them.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use service::proto::orders::v1 as pb;
 
+use super::scenario::FaultKind;
+
 #[derive(Debug, Clone)]
 pub enum Op {
     Create,
@@ -53,7 +55,7 @@ pub struct OpRecord {
 /// through every partition).
 #[derive(Debug, Clone)]
 pub struct FaultWindow {
-    pub kind: &'static str,
+    pub kind: FaultKind,
     pub start: Duration,
     pub end: Duration,
 }

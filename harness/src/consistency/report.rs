@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::checker::{Report, Stats, Violation};
 use super::history::Recorded;
+use super::scenario::FaultKind;
 use super::staleness::{Distribution, WriteStaleness};
 
 /// The JSON document: everything but the per-write list (which the chart shows).
@@ -19,7 +20,7 @@ struct JsonReport<'a> {
     staleness_all: &'a Distribution,
     staleness_no_fault: &'a Distribution,
     staleness_during_fault: &'a Distribution,
-    fault_windows: Vec<(String, f64, f64)>,
+    fault_windows: Vec<(FaultKind, f64, f64)>,
 }
 
 pub fn json(report: &Report, recorded: &Recorded) -> serde_json::Result<String> {
@@ -34,7 +35,7 @@ pub fn json(report: &Report, recorded: &Recorded) -> serde_json::Result<String> 
         fault_windows: recorded
             .faults
             .iter()
-            .map(|w| (w.kind.to_string(), w.start.as_secs_f64(), w.end.as_secs_f64()))
+            .map(|w| (w.kind, w.start.as_secs_f64(), w.end.as_secs_f64()))
             .collect(),
     })
 }

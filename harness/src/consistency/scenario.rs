@@ -70,35 +70,75 @@ pub enum Fault {
     PostgresRestart,
 }
 
-impl Fault {
-    /// Every kind, for reports.
-    pub const KINDS: [&'static str; 11] = [
-        "add-updater",
-        "remove-updater",
-        "kill-updater",
-        "kill-api",
-        "kafka-down",
-        "kafka-kill",
-        "redis-restart",
-        "redis-flush",
-        "redis-evict",
-        "redis-pause",
-        "postgres-restart",
+/// A fault's kind, without its parameters: what reports count, and what `--faults` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    AddUpdater,
+    RemoveUpdater,
+    KillUpdater,
+    KillApi,
+    KafkaDown,
+    KafkaKill,
+    RedisRestart,
+    RedisFlush,
+    RedisEvict,
+    RedisPause,
+    PostgresRestart,
+}
+
+impl FaultKind {
+    pub const ALL: [Self; 11] = [
+        Self::AddUpdater,
+        Self::RemoveUpdater,
+        Self::KillUpdater,
+        Self::KillApi,
+        Self::KafkaDown,
+        Self::KafkaKill,
+        Self::RedisRestart,
+        Self::RedisFlush,
+        Self::RedisEvict,
+        Self::RedisPause,
+        Self::PostgresRestart,
     ];
 
-    pub fn kind(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::AddUpdater => "add-updater",
             Self::RemoveUpdater => "remove-updater",
             Self::KillUpdater => "kill-updater",
             Self::KillApi => "kill-api",
-            Self::KafkaDown { .. } => "kafka-down",
+            Self::KafkaDown => "kafka-down",
             Self::KafkaKill => "kafka-kill",
             Self::RedisRestart => "redis-restart",
             Self::RedisFlush => "redis-flush",
             Self::RedisEvict => "redis-evict",
-            Self::RedisPause { .. } => "redis-pause",
+            Self::RedisPause => "redis-pause",
             Self::PostgresRestart => "postgres-restart",
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Fault {
+    pub fn kind(self) -> FaultKind {
+        match self {
+            Self::AddUpdater => FaultKind::AddUpdater,
+            Self::RemoveUpdater => FaultKind::RemoveUpdater,
+            Self::KillUpdater => FaultKind::KillUpdater,
+            Self::KillApi => FaultKind::KillApi,
+            Self::KafkaDown { .. } => FaultKind::KafkaDown,
+            Self::KafkaKill => FaultKind::KafkaKill,
+            Self::RedisRestart => FaultKind::RedisRestart,
+            Self::RedisFlush => FaultKind::RedisFlush,
+            Self::RedisEvict => FaultKind::RedisEvict,
+            Self::RedisPause { .. } => FaultKind::RedisPause,
+            Self::PostgresRestart => FaultKind::PostgresRestart,
         }
     }
 }

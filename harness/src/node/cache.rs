@@ -47,66 +47,38 @@ impl<C: ReadThrough> ReadThrough for SlowFill<C> {
     }
 }
 
-/// Broken: fills without leases. A miss reads the database and fills with a compare-and-set that
-/// writes over an older entry *or an absent key* (the service before leases). After the key vanished
-/// a late fill brings back a version older than one the cache already held.
+/// Broken: fills without leases, the naive ways. Every miss fills, with
+///
+/// * [`RawWrite::IfAbsentOrOlder`]: a compare-and-set that writes over an older entry *or an absent
+///   key* (the service before leases): after the key vanished, a late fill brings back a version older
+///   than one the cache already held;
+/// * [`RawWrite::Blind`]: a blind `SET` (the naive design's read-through race): a late fill overwrites
+///   a newer entry even while it is there.
 #[derive(Clone)]
-pub struct FillWithoutLease {
+pub struct UnleasedFill {
     cache: OrderCache,
     raw: RawWrites,
+    how: RawWrite,
 }
 
-/// Broken: fills with a blind `SET` (the naive design's read-through race).
-#[derive(Clone)]
-pub struct BlindFill {
-    cache: OrderCache,
-    raw: RawWrites,
-}
-
-impl FillWithoutLease {
-    pub fn new(cache: OrderCache, raw: RawWrites) -> Self {
-        Self { cache, raw }
+impl UnleasedFill {
+    pub fn new(cache: OrderCache, raw: RawWrites, how: RawWrite) -> Self {
+        Self { cache, raw, how }
     }
 }
 
-impl BlindFill {
-    pub fn new(cache: OrderCache, raw: RawWrites) -> Self {
-        Self { cache, raw }
-    }
-}
-
-/// Both broken fills skip the lease: every miss may fill.
-fn no_leases(misses: &[Miss<'_>]) -> Vec<Option<Lease>> {
-    misses.iter().map(|_| Some(Lease::new())).collect()
-}
-
-impl ReadThrough for FillWithoutLease {
+impl ReadThrough for UnleasedFill {
     async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Cached>, CacheError> {
         self.cache.get_many(ids).await
     }
 
     async fn lease_many(&self, misses: &[Miss<'_>]) -> Result<Vec<Option<Lease>>, CacheError> {
-        Ok(no_leases(misses))
+        Ok(misses.iter().map(|_| Some(Lease::new())).collect())
     }
 
     async fn fill_many(&self, fills: &[(&pb::Order, &Lease)]) -> Result<Vec<WriteOutcome>, CacheError> {
         let orders: Vec<&pb::Order> = fills.iter().map(|(order, _)| *order).collect();
-        self.raw.write(&orders, RawWrite::IfAbsentOrOlder).await
-    }
-}
-
-impl ReadThrough for BlindFill {
-    async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Cached>, CacheError> {
-        self.cache.get_many(ids).await
-    }
-
-    async fn lease_many(&self, misses: &[Miss<'_>]) -> Result<Vec<Option<Lease>>, CacheError> {
-        Ok(no_leases(misses))
-    }
-
-    async fn fill_many(&self, fills: &[(&pb::Order, &Lease)]) -> Result<Vec<WriteOutcome>, CacheError> {
-        let orders: Vec<&pb::Order> = fills.iter().map(|(order, _)| *order).collect();
-        self.raw.write(&orders, RawWrite::Blind).await
+        self.raw.write(&orders, self.how).await
     }
 }
 

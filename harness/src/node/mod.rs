@@ -16,7 +16,7 @@ use service::startup::{Application, StartupError, Supervisor};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-pub use cache::{BlindFill, BlindWrite, FillWithoutLease, RawWrites, SLOW_FILL_MAX, SlowFill};
+pub use cache::{BlindWrite, RawWrite, RawWrites, SLOW_FILL_MAX, SlowFill, UnleasedFill};
 pub use relay::DeleteThenPublish;
 
 use crate::consistency::Invariant;
@@ -108,12 +108,12 @@ async fn spawn_api(
     let cache = app.cache().clone();
     match variant {
         Variant::SlowFill => app.spawn_api(parts, OrderReader::new(storage, SlowFill::new(cache))),
-        Variant::BlindFill => {
-            let fill = BlindFill::new(cache, raw_writes(app).await?);
-            app.spawn_api(parts, OrderReader::new(storage, SlowFill::new(fill)));
-        }
-        Variant::FillWithoutLease => {
-            let fill = FillWithoutLease::new(cache, raw_writes(app).await?);
+        Variant::BlindFill | Variant::FillWithoutLease => {
+            let how = match variant {
+                Variant::BlindFill => RawWrite::Blind,
+                _ => RawWrite::IfAbsentOrOlder,
+            };
+            let fill = UnleasedFill::new(cache, raw_writes(app).await?, how);
             app.spawn_api(parts, OrderReader::new(storage, SlowFill::new(fill)));
         }
         _ => app.spawn_api(parts, OrderReader::new(storage, cache)),
