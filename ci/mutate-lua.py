@@ -85,7 +85,9 @@ def main() -> int:
             SCRIPTS.write_text(original.replace(old, new))
             result = subprocess.run(TESTS, cwd=ROOT, capture_output=True, text=True)
             caught = result.returncode != 0
-            failed = [line for line in result.stdout.splitlines() if line.startswith("test ") and "FAILED" in line]
+            # cargo test -q lists the failing tests, indented, after the last "failures:".
+            listing = result.stdout.rsplit("failures:", 1)[-1] if caught else ""
+            failed = [line.strip() for line in listing.splitlines() if line.startswith("    ")]
             print(f"mutant {number}: {what}: {'caught' if caught else 'MISSED'}")
             for line in failed[:5]:
                 print(f"    {line}")
