@@ -7,7 +7,9 @@
 //! compare-and-set makes the repeats harmless.
 //!
 //! Order: one relay at a time (the advisory lock), rows in `id` order, and an idempotent producer keep
-//! each order's events in commit order within its partition, retries included.
+//! each order's events in commit order within its partition, retries included. A round that fails
+//! waits for every delivery it started before the next round publishes the same rows again, so no
+//! delivery of the failed round can land after the retry's.
 //!
 //! Waking: PostgreSQL's LISTEN/NOTIFY wakes the relay when a change commits; a poll interval covers a
 //! lost listener connection and the rounds skipped while another instance held the lock.
@@ -124,9 +126,23 @@ impl OutboxRelay {
         // Enqueue everything first, then wait: librdkafka packs the batch into few produce requests.
         // (`FutureProducer::send` would not do: it is an `async fn` that enqueues only when first polled,
         // so sends collected and then awaited one by one cost one broker round trip each.)
-        let deliveries = self.enqueue_all(&events).await?;
-        for (event, delivery) in events.iter().zip(deliveries) {
-            let acknowledged = match delivery.await {
+        self.publish(&events).await?;
+        let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
+        outbox::delete(&mut transaction, &ids).await?;
+        transaction.commit().await.map_err(StorageError::from)?;
+        metrics::outbox_published(events.len(), started.elapsed());
+        Ok(Round::Published(events.len()))
+    }
+
+    /// Publishes `events` and waits until the broker answered for every one of them; the first failure,
+    /// if any. A failed round leaves nothing in flight: a delivery abandoned at the first error could
+    /// still land after the next round published the same rows again (v5, v6, v4, v5, v6 in the topic).
+    async fn publish(&self, events: &[outbox::OutboxEvent]) -> Result<(), RelayError> {
+        let (deliveries, enqueued) = self.enqueue_all(events).await;
+        let answers = futures::future::join_all(deliveries).await;
+        enqueued?;
+        for (event, answer) in events.iter().zip(answers) {
+            let acknowledged = match answer {
                 Ok(result) => result.map(drop).map_err(|(error, _)| error),
                 // The producer dropped the delivery report: only when it is being torn down.
                 Err(_canceled) => Err(KafkaError::Canceled),
@@ -136,20 +152,23 @@ impl OutboxRelay {
                 error,
             })?;
         }
-        let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
-        outbox::delete(&mut transaction, &ids).await?;
-        transaction.commit().await.map_err(StorageError::from)?;
-        metrics::outbox_published(events.len(), started.elapsed());
-        Ok(Round::Published(events.len()))
+        Ok(())
     }
 
-    /// Puts every event in librdkafka's queue, in order, and returns their delivery reports to await.
-    async fn enqueue_all(&self, events: &[outbox::OutboxEvent]) -> Result<Vec<DeliveryFuture>, RelayError> {
+    /// Puts events in librdkafka's queue, in order, until one cannot be: the delivery reports of those
+    /// that are, and why it stopped, if it did.
+    async fn enqueue_all(
+        &self,
+        events: &[outbox::OutboxEvent],
+    ) -> (Vec<DeliveryFuture>, Result<(), RelayError>) {
         let mut deliveries = Vec::with_capacity(events.len());
         for event in events {
-            deliveries.push(self.enqueue(event).await?);
+            match self.enqueue(event).await {
+                Ok(delivery) => deliveries.push(delivery),
+                Err(error) => return (deliveries, Err(error)),
+            }
         }
-        Ok(deliveries)
+        (deliveries, Ok(()))
     }
 
     /// Puts one event in librdkafka's queue, in order: while the queue is full, waits for it to drain
@@ -231,13 +250,61 @@ mod tests {
             })
             .collect();
 
-        let deliveries = relay.enqueue_all(&events).await.expect("enqueued");
+        let (deliveries, enqueued) = relay.enqueue_all(&events).await;
+        enqueued.expect("enqueued");
 
         assert_eq!(deliveries.len(), 20);
         assert_eq!(
             relay.producer.in_flight_count(),
             20,
             "events waiting in librdkafka"
+        );
+    }
+
+    /// A round in which one event cannot be delivered (here: the producer refuses it, too large) still
+    /// waits for the events it already handed to the broker: none is left in flight to land after the
+    /// next round published the same rows again. The mock broker answers after 2 s.
+    #[tokio::test]
+    async fn a_failed_round_waits_for_every_delivery_it_started() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("order-events", 3, 1).expect("topic");
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("message.max.bytes", "10000")
+            .create()
+            .expect("producer");
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(2))
+            .expect("slow broker");
+        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
+        let relay = OutboxRelay::new(storage, producer, "order-events".into());
+        let event = |id: i64, payload: Vec<u8>| outbox::OutboxEvent {
+            id,
+            order_id: OrderId::parse(id).expect("positive"),
+            event_id: uuid::Uuid::now_v7(),
+            payload,
+        };
+        let events = [
+            event(1, vec![1; 10]),
+            event(2, vec![2; 20_000]),
+            event(3, vec![3; 10]),
+        ];
+
+        let started = std::time::Instant::now();
+        let published = relay.publish(&events).await;
+
+        assert!(
+            matches!(published, Err(RelayError::Publish { event_id, .. }) if event_id == events[1].event_id),
+            "the round fails on the event that could not be delivered: {published:?}"
+        );
+        assert_eq!(
+            relay.producer.in_flight_count(),
+            0,
+            "nothing of the round is left in flight"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "it waited for the broker's answer to the first event"
         );
     }
 }
