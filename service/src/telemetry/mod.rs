@@ -3,6 +3,7 @@
 pub mod metrics;
 
 use std::fmt;
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
@@ -20,13 +21,15 @@ pub fn init(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs the global log subscriber; a second call (tests) is a no-op.
+/// Installs the global log subscriber, with colours only on a terminal (a file or a pipe gets plain
+/// text); a second call (tests) is a no-op.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,h2=warn,tower=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .try_init();
 }
 
