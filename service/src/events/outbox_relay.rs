@@ -297,11 +297,10 @@ mod tests {
             matches!(published, Err(RelayError::Publish { event_id, .. }) if event_id == events[1].event_id),
             "the round fails on the event that could not be delivered: {published:?}"
         );
-        assert_eq!(
-            relay.producer.in_flight_count(),
-            0,
-            "nothing of the round is left in flight"
-        );
+        // Event 1's answer takes the broker's 2 s round trip; event 2 is refused at once. A relay that
+        // returned at the first error (the behaviour this test was written against) came back in
+        // milliseconds with event 1 still in flight. (`in_flight_count` is no witness: librdkafka counts a
+        // message until the delivery callback that wakes the future has returned, a race this test lost.)
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "it waited for the broker's answer to the first event"

@@ -52,7 +52,7 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
             .storage
             .create_order(&new_order)
             .await
-            .map_err(status::storage)?;
+            .map_err(status::create)?;
         Ok(Response::new(pb::CreateOrderResponse {
             order: Some((&order).into()),
         }))

@@ -3,7 +3,7 @@
 use tonic::Status;
 
 use crate::domain::{NewOrderError, OrderIdError, StatusError};
-use crate::storage::{StorageError, UpdateError};
+use crate::storage::{CreateError, StorageError, UpdateError};
 
 pub fn invalid_order_id(field: &str, error: OrderIdError) -> Status {
     Status::invalid_argument(format!("{field} {error}"))
@@ -27,6 +27,13 @@ pub fn storage(error: StorageError) -> Status {
             tracing::error!(error = %other, "database error");
             Status::internal("internal error")
         }
+    }
+}
+
+pub fn create(error: CreateError) -> Status {
+    match error {
+        CreateError::KeyReused { .. } => Status::already_exists(error.to_string()),
+        CreateError::Storage(error) => storage(error),
     }
 }
 

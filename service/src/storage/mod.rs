@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-pub use orders::{StatusChange, UpdateError};
+pub use orders::{CreateError, StatusChange, UpdateError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

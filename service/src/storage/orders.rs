@@ -23,6 +23,20 @@ pub struct StatusChange {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("idempotency_key {key:?} was already used by this client for a different order ({order_id})")]
+    KeyReused { key: String, order_id: OrderId },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for CreateError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Storage(error.into())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error("order {0} does not exist")]
     NotFound(OrderId),
@@ -41,14 +55,15 @@ impl From<sqlx::Error> for UpdateError {
 }
 
 impl Storage {
-    /// Creates the order (version 1) and its event; with an idempotency key already used, returns the
-    /// order first created with it instead.
-    pub async fn create_order(&self, new: &NewOrder) -> Result<Order, StorageError> {
+    /// Creates the order (version 1) and its event. With an idempotency key this client already used,
+    /// returns the order first created with it if the request is the same (a retry), and refuses it if
+    /// the request differs (the key reused for another order).
+    pub async fn create_order(&self, new: &NewOrder) -> Result<Order, CreateError> {
         let mut transaction = self.pool().begin().await?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO orders (client_id, status, currency_code, amount, idempotency_key)
              VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (idempotency_key) DO NOTHING
+             ON CONFLICT (client_id, idempotency_key) DO NOTHING
              RETURNING id",
         )
         .bind(new.client_id)
@@ -62,14 +77,7 @@ impl Storage {
         let Some(id) = inserted else {
             // The key was used before (possibly by a concurrent request that just committed).
             transaction.rollback().await?;
-            let id: i64 = sqlx::query_scalar("SELECT id FROM orders WHERE idempotency_key = $1")
-                .bind(new.idempotency_key.as_deref())
-                .fetch_one(self.pool())
-                .await?;
-            let mut connection = self.pool().acquire().await?;
-            return load_one(&mut connection, id).await?.ok_or_else(|| {
-                StorageError::Corrupt(format!("order {id} vanished after its idempotency key matched"))
-            });
+            return self.order_of_key(new).await;
         };
 
         let positions: Vec<i32> = (0..new.items.len() as i32).collect();
@@ -95,6 +103,30 @@ impl Storage {
         outbox::enqueue(&mut transaction, &order).await?;
         transaction.commit().await?;
         Ok(order)
+    }
+
+    /// The order `new`'s client first created with `new`'s idempotency key, if `new` asks for the same
+    /// order.
+    async fn order_of_key(&self, new: &NewOrder) -> Result<Order, CreateError> {
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let id: i64 =
+            sqlx::query_scalar("SELECT id FROM orders WHERE client_id = $1 AND idempotency_key = $2")
+                .bind(new.client_id)
+                .bind(key)
+                .fetch_one(self.pool())
+                .await?;
+        let mut connection = self.pool().acquire().await?;
+        let order = load_one(&mut connection, id).await?.ok_or_else(|| {
+            StorageError::Corrupt(format!("order {id} vanished after its idempotency key matched"))
+        })?;
+        if order.items == new.items && order.amount == new.amount {
+            Ok(order)
+        } else {
+            Err(CreateError::KeyReused {
+                key: key.to_string(),
+                order_id: order.id,
+            })
+        }
     }
 
     pub async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StorageError> {

@@ -27,32 +27,64 @@ async fn create_order_computes_the_amount_and_starts_at_version_1() {
 }
 
 #[tokio::test]
-async fn a_repeated_idempotency_key_returns_the_first_order() {
+async fn a_retry_with_the_same_idempotency_key_returns_the_first_order() {
     let app = spawn_app().await;
     let mut request = sample_order(7);
     request.idempotency_key = "checkout-123".into();
-    let first = app
-        .grpc()
-        .create_order(request.clone())
-        .await
-        .expect("first")
-        .into_inner()
-        .order;
-    request.client_id = 8; // a retry may even differ: the key decides
-    let second = app
-        .grpc()
+    let first = app.api.create_order(request.clone()).await.expect("first");
+    let retry = app.api.create_order(request).await.expect("the retry");
+    assert_eq!(retry, first);
+    assert_eq!(orders_of(&app, 7).await, 1);
+    app.stop().await.expect("a clean stop");
+}
+
+/// A key is the client's own: another client using the same key gets an order of its own.
+#[tokio::test]
+async fn an_idempotency_key_is_scoped_to_its_client() {
+    let app = spawn_app().await;
+    let mut request = sample_order(7);
+    request.idempotency_key = "checkout-123".into();
+    let first = app.api.create_order(request.clone()).await.expect("client 7");
+    request.client_id = 8;
+    let other = app.api.create_order(request).await.expect("client 8");
+    assert_ne!(
+        other.order_id, first.order_id,
+        "client 8 does not get client 7's order"
+    );
+    assert_eq!((other.client_id, first.client_id), (8, 7));
+    app.stop().await.expect("a clean stop");
+}
+
+/// The same client reusing a key for another order is told so, by name, and nothing is created.
+#[tokio::test]
+async fn reusing_an_idempotency_key_for_a_different_order_is_refused() {
+    let app = spawn_app().await;
+    let mut request = sample_order(7);
+    request.idempotency_key = "checkout-123".into();
+    let first = app.api.create_order(request.clone()).await.expect("first");
+    request.items[0].quantity += 1;
+    let status = app
+        .api
         .create_order(request)
         .await
-        .expect("second")
-        .into_inner()
-        .order;
-    assert_eq!(first, second);
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .expect_err("a different order");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    assert!(
+        status.message().contains("\"checkout-123\"")
+            && status.message().contains(&first.order_id.to_string()),
+        "the message names the key and its order: {}",
+        status.message()
+    );
+    assert_eq!(orders_of(&app, 7).await, 1);
+    app.stop().await.expect("a clean stop");
+}
+
+async fn orders_of(app: &harness::app::App, client_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM orders WHERE client_id = $1")
+        .bind(client_id)
         .fetch_one(app.env.storage.pool())
         .await
-        .expect("count");
-    assert_eq!(count, 1);
-    app.stop().await.expect("a clean stop");
+        .expect("count")
 }
 
 #[tokio::test]
