@@ -3,37 +3,45 @@
 //! revocation of a reader's pending lease if one is filling it, nothing if it is not cached (see the
 //! [protocol](crate::cache)).
 //!
-//! A batch at a time (the seed's `Buffer(1000, 10 ms)`): all of a batch's writes go to Redis in one
-//! pipelined round trip, and only once Redis confirmed them are the messages handled, so a crash or a
+//! A batch at a time (the seed's `Buffer(1000, 10 ms)`), written to Redis in pipelined chunks of
+//! [`WRITE_CHUNK`] orders; only once Redis confirmed a chunk are its messages handled, so a crash or a
 //! rebalance before that makes them come again, never go missing.
 //!
-//! While Redis is down the updater retries the same batch with back-off. It does not block the consumer
+//! While Redis is down the updater retries the same chunk with back-off. It does not block the consumer
 //! meanwhile: `ChannelConsumer` keeps polling Kafka on its own thread, pausing partitions when its buffer
 //! fills, so the group keeps this member instead of kicking it out after `max.poll.interval.ms`.
 //!
-//! A message that is not an `OrderEvent` (undecodable, or without an order) goes to the dead-letter topic
-//! with headers that say where it came from and why, is counted, and is then handled like any other, so
-//! its partition keeps flowing.
+//! A message that carries no order the cache could use (undecodable, or an `OrderEvent` without a valid
+//! order: see [`OrderChanges`]) is set aside in the dead-letter topic with its original bytes and
+//! headers, beside the loop, so its partition keeps flowing (see [`DeadLetters`]).
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::dead_letters::DeadLetters;
+use super::order_change::OrderChanges;
 use crate::backoff::Backoff;
 use crate::cache::{CacheError, OrderCache, WriteOutcome};
-use crate::kafka::{ChannelConsumer, ConsumerError, Item, Protobuf};
+use crate::kafka::{ChannelConsumer, ConsumerError, Item, KafkaMessage};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::metrics;
 
 /// How long the updater waits to fill a batch (the seed's 10 ms).
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-pub type EventConsumer = ChannelConsumer<i64, pb::OrderEvent>;
+/// Orders per Redis pipeline. Redis's response timeout (500 ms) applies to a whole pipeline, and a
+/// pipeline that times out is retried whole: a batch of thousands written in one piece could time out
+/// under load on every try. A chunk of 100 runs in about a millisecond in Redis even so, and the round
+/// trip it adds per 100 events is tens of microseconds on a local network.
+pub const WRITE_CHUNK: usize = 100;
+
+pub type EventConsumer = ChannelConsumer<i64, pb::Order>;
+type Event = KafkaMessage<i64, pb::Order>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdaterError {
@@ -60,27 +68,15 @@ impl UpdateCache for OrderCache {
 
 pub struct CacheUpdater<W = OrderCache> {
     cache: W,
-    dead_letters: FutureProducer,
-    dead_letter_topic: String,
+    dead_letters: DeadLetters,
     batch_size: usize,
-}
-
-/// What the updater must know of a message it could not use.
-struct Poison<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    key: Option<&'a [u8]>,
-    value: Option<&'a [u8]>,
-    reason: String,
 }
 
 impl<W: UpdateCache> CacheUpdater<W> {
     pub fn new(cache: W, dead_letters: FutureProducer, dead_letter_topic: String, batch_size: usize) -> Self {
         Self {
             cache,
-            dead_letters,
-            dead_letter_topic,
+            dead_letters: DeadLetters::new(dead_letters, dead_letter_topic),
             batch_size,
         }
     }
@@ -114,7 +110,7 @@ impl<W: UpdateCache> CacheUpdater<W> {
         }
         ChannelConsumer::builder(config, topic)
             .consume_size(batch_size)
-            .value_deserializer(Protobuf::<pb::OrderEvent>::new())
+            .value_deserializer(OrderChanges)
             .build()
     }
 
@@ -122,160 +118,81 @@ impl<W: UpdateCache> CacheUpdater<W> {
     /// (the harness may wrap it); dropping it at the end closes the consumer: handled offsets are
     /// committed and the group rebalances at once.
     pub async fn run(
-        self,
-        events: impl Stream<Item = Item<i64, pb::OrderEvent>>,
+        mut self,
+        events: impl Stream<Item = Item<i64, pb::Order>>,
         shutdown: CancellationToken,
     ) -> Result<(), UpdaterError> {
         let mut batches = std::pin::pin!(events.chunks_timeout(self.batch_size, BATCH_WINDOW));
         loop {
-            let batch = tokio::select! {
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                batch = batches.next() => batch.ok_or(UpdaterError::StreamEnded)?,
-            };
-            self.apply(batch, &shutdown).await?;
+                // Back-pressure: while the dead-letter topic owes too many acknowledgements, no new batch.
+                batch = batches.next(), if !self.dead_letters.is_full() => {
+                    self.apply(batch.ok_or(UpdaterError::StreamEnded)?, &shutdown).await?;
+                }
+                () = self.dead_letters.settle_next() => {}
+            }
         }
-        tracing::info!("cache updater stopped");
+        tracing::info!(
+            unsent_dead_letters = self.dead_letters.pending(),
+            "cache updater stopped"
+        );
         Ok(())
     }
 
-    /// One batch: unusable messages to the dead-letter topic, the orders of the others to Redis; each
-    /// message is handled once its part is done.
+    /// One batch: its poison to the dead-letter topic, its orders to Redis a chunk at a time; each event
+    /// is handled once its chunk is written.
     #[tracing::instrument(name = "apply batch", skip_all, fields(messages = batch.len()))]
     async fn apply(
-        &self,
-        batch: Vec<Item<i64, pb::OrderEvent>>,
+        &mut self,
+        batch: Vec<Item<i64, pb::Order>>,
         shutdown: &CancellationToken,
     ) -> Result<(), UpdaterError> {
-        let mut orders = Vec::with_capacity(batch.len());
-        let mut messages = Vec::with_capacity(batch.len());
+        let events = self.set_aside_poison(batch)?;
+        for chunk in events.chunks(WRITE_CHUNK) {
+            let orders: Vec<pb::Order> = chunk.iter().map(|event| event.value().clone()).collect();
+            let Some(outcomes) = write(&self.cache, &orders, shutdown).await else {
+                // Not handled: the next owner of these partitions gets them again.
+                return Ok(());
+            };
+            record(&orders, &outcomes);
+            chunk.iter().for_each(Event::handle);
+        }
+        Ok(())
+    }
+
+    /// The usable events of `batch`, in order; its poison messages go to the dead-letter topic.
+    fn set_aside_poison(&mut self, batch: Vec<Item<i64, pb::Order>>) -> Result<Vec<Event>, UpdaterError> {
+        let mut events = Vec::with_capacity(batch.len());
         for item in batch {
             match item {
-                Ok(message) => match message
-                    .value()
-                    .order
-                    .as_ref()
-                    .filter(|o| o.order_id > 0 && o.version > 0)
-                {
-                    Some(order) => {
-                        orders.push(order.clone());
-                        messages.push(message);
-                    }
-                    None => {
-                        let value = prost::Message::encode_to_vec(message.value());
-                        let key = message.key().to_be_bytes();
-                        let poison = Poison {
-                            topic: message.topic(),
-                            partition: message.partition(),
-                            offset: message.offset(),
-                            key: Some(&key),
-                            value: Some(&value),
-                            reason: "an OrderEvent without a valid order".into(),
-                        };
-                        if !self.dead_letter(&poison, shutdown).await {
-                            return Ok(());
-                        }
-                        message.handle();
-                    }
-                },
-                Err(ConsumerError::Undecodable(undecodable)) => {
-                    let poison = Poison {
-                        topic: undecodable.topic(),
-                        partition: undecodable.partition(),
-                        offset: undecodable.offset(),
-                        key: undecodable.raw_key(),
-                        value: undecodable.raw_value(),
-                        reason: undecodable.to_string(),
-                    };
-                    if !self.dead_letter(&poison, shutdown).await {
-                        return Ok(());
-                    }
-                    undecodable.handle();
-                }
+                Ok(event) => events.push(event),
+                Err(ConsumerError::Undecodable(poison)) => self.dead_letters.submit(poison),
                 Err(fatal) => return Err(fatal.into()),
             }
         }
-        if orders.is_empty() {
-            return Ok(());
-        }
-        let Some(outcomes) = self.write(&orders, shutdown).await else {
-            // Not handled: the next owner of these partitions gets them again.
-            return Ok(());
-        };
-        record(&orders, &outcomes);
-        for message in messages {
-            message.handle();
-        }
-        Ok(())
+        Ok(events)
     }
+}
 
-    /// Writes `orders` to Redis, retrying with back-off until Redis answers; `None` if shutdown came
-    /// first.
-    async fn write(&self, orders: &[pb::Order], shutdown: &CancellationToken) -> Option<Vec<WriteOutcome>> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.cache.update_many(orders).await {
-                Ok(outcomes) => return Some(outcomes),
-                Err(error) => {
-                    metrics::updater_redis_retry();
-                    tracing::warn!(%error, events = orders.len(), "redis write failed; retrying the batch");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Publishes a poison message to the dead-letter topic, retrying until the broker acknowledges it.
-    /// Returns false if shutdown came first (the message stays unhandled, to come again).
-    async fn dead_letter(&self, poison: &Poison<'_>, shutdown: &CancellationToken) -> bool {
-        tracing::warn!(
-            topic = poison.topic,
-            partition = poison.partition,
-            offset = poison.offset,
-            reason = %poison.reason,
-            "dead-lettering an unusable event"
-        );
-        let partition = poison.partition.to_string();
-        let offset = poison.offset.to_string();
-        let mut backoff = Backoff::default();
-        loop {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "source_topic",
-                    value: Some(poison.topic),
-                })
-                .insert(Header {
-                    key: "source_partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "source_offset",
-                    value: Some(&offset),
-                })
-                .insert(Header {
-                    key: "error",
-                    value: Some(&poison.reason),
-                });
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers);
-            if let Some(key) = poison.key {
-                record = record.key(key);
-            }
-            if let Some(value) = poison.value {
-                record = record.payload(value);
-            }
-            match self.dead_letters.send(record, Duration::from_secs(10)).await {
-                Ok(_) => {
-                    metrics::updater_events("dead_lettered", 1);
-                    return true;
-                }
-                Err((error, _)) => {
-                    tracing::warn!(%error, "dead-letter publish failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
+/// Writes `orders` (one chunk) to `cache`, retrying with back-off until Redis answers; `None` if
+/// shutdown came first. (A function of the cache alone: the updater, which holds the dead letters'
+/// futures, is not `Sync`, so its `run` future must not hold a `&self` across this wait.)
+async fn write(
+    cache: &impl UpdateCache,
+    orders: &[pb::Order],
+    shutdown: &CancellationToken,
+) -> Option<Vec<WriteOutcome>> {
+    let mut backoff = Backoff::default();
+    loop {
+        match cache.update_many(orders).await {
+            Ok(outcomes) => return Some(outcomes),
+            Err(error) => {
+                metrics::updater_redis_retry();
+                tracing::warn!(%error, events = orders.len(), "redis write failed; retrying the chunk");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
             }
         }

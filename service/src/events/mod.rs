@@ -7,6 +7,8 @@
 //! no-op under the version compare-and-set.
 
 pub mod cache_updater;
+pub mod dead_letters;
+pub mod order_change;
 pub mod outbox_relay;
 pub mod topics;
 

@@ -53,6 +53,12 @@ pub fn updater_event_age(age: Duration) {
     histogram!("orders_updater_event_age_seconds").record(age.as_secs_f64());
 }
 
+/// Poison messages the dead-letter topic refused too often, waiting for a retry once a minute (each
+/// holds back its partition's committed offset).
+pub fn updater_dead_letters_parked(messages: usize) {
+    gauge!("orders_updater_dead_letters_parked").set(messages as f64);
+}
+
 pub fn updater_redis_retry() {
     counter!("orders_updater_redis_retries_total").increment(1);
 }

@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use harness::app::{ALL, Environment, shared_stack, spawn_app};
 use harness::consistency::probe::partition_of;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use service::cache::Cached;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use service::cache::{CacheError, Cached, OrderCache, WriteOutcome};
 use service::config::Component;
 use service::domain::OrderStatus;
+use service::events::cache_updater::{CacheUpdater, UpdateCache, WRITE_CHUNK};
 use service::proto::orders::v1 as pb;
+use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -151,27 +153,34 @@ async fn a_corrupt_cached_value_is_a_miss_and_is_replaced() {
     app.stop().await.expect("a clean stop");
 }
 
-/// Undecodable messages go to the dead-letter topic and their partitions keep flowing.
+/// Messages the updater cannot use go to the dead-letter topic as they came (bytes and headers), and
+/// their partitions keep flowing.
 #[tokio::test]
-async fn poison_messages_are_dead_lettered_without_stalling_their_partition() {
+async fn poison_messages_are_dead_lettered_as_they_came_without_stalling_their_partition() {
     let env = Environment::fresh(shared_stack().await).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &env.settings.kafka_brokers)
-        .create()
-        .expect("producer");
-    // One poison message in every partition, ahead of any real event.
+    let producer = producer(&env);
+    let not_protobuf = &b"\xff\xfe not protobuf"[..];
+    let without_order = prost::Message::encode_to_vec(&pb::OrderEvent {
+        event_id: "e-1".into(),
+        order: None,
+        occurred_at: None,
+    });
+    // One poison message in every partition, ahead of any real event, and one more in partition 0
+    // that is protobuf but carries no order, with a header of its own.
     for partition in 0..3 {
-        producer
-            .send(
-                FutureRecord::to(&env.settings.orders_topic)
-                    .partition(partition)
-                    .key(&b"\x00\x00\x00\x00\x00\x00\x00\x01"[..])
-                    .payload(&b"\xff\xfe not protobuf"[..]),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("produce poison");
+        produce(&producer, &env, partition, not_protobuf, None).await;
     }
+    produce(
+        &producer,
+        &env,
+        0,
+        &without_order,
+        Some((
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )),
+    )
+    .await;
     let app = env.spawn(&ALL).await.expect("the service starts");
     let mut orders = Vec::new();
     for _ in 0..6 {
@@ -185,34 +194,321 @@ async fn poison_messages_are_dead_lettered_without_stalling_their_partition() {
             .expect("events behind a poison message are applied");
     }
 
-    let dead_letters: StreamConsumer = ClientConfig::new()
+    let mut dead_letters = read_dead_letters(&env, 4).await;
+    dead_letters.sort();
+    let header = |key: &str, value: &str| (key.to_string(), value.to_string());
+    let expected = |partition: &str, payload: &[u8], original: Option<(String, String)>, error: &str| {
+        let mut headers: Vec<_> = original.into_iter().collect();
+        headers.extend([
+            header("source_topic", &env.settings.orders_topic),
+            header("source_partition", partition),
+            header("error", error),
+        ]);
+        (partition.to_string(), payload.to_vec(), headers)
+    };
+    let decode_error = <pb::OrderEvent as prost::Message>::decode(not_protobuf).expect_err("not protobuf");
+    let garbage = &format!("value invalid protobuf message: {decode_error}");
+    let mut wanted = vec![
+        expected("0", not_protobuf, None, garbage),
+        expected(
+            "0",
+            &without_order,
+            Some(header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )),
+            "value an OrderEvent without an order",
+        ),
+        expected("1", not_protobuf, None, garbage),
+        expected("2", not_protobuf, None, garbage),
+    ];
+    wanted.sort();
+    assert_eq!(
+        dead_letters, wanted,
+        "the original bytes and headers, and where each came from"
+    );
+    app.stop().await.expect("a clean stop");
+}
+
+/// While the dead-letter topic refuses a poison message, the events behind it and in the other
+/// partitions are still applied; only its own partition's committed offset waits for it.
+#[tokio::test]
+async fn a_dead_letter_topic_that_refuses_holds_back_only_its_partitions_commits() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let producer = producer(&env);
+    // Bigger than the updater's dead-letter producer takes (below): refused at every attempt.
+    let poison = vec![0xff; 20_000];
+    let poison_offset = produce(&producer, &env, 0, &poison, None).await;
+    let app = env
+        .spawn(&[Component::Api, Component::Relay])
+        .await
+        .expect("the service starts");
+    let refusing: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &env.settings.kafka_brokers)
-        .set("group.id", format!("{}-dlq-reader", env.settings.updater_group))
+        .set("message.max.bytes", "10000")
+        .create()
+        .expect("producer");
+    let settings = &env.settings;
+    let updater = CacheUpdater::new(
+        OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl()).expect("cache"),
+        refusing,
+        settings.dead_letter_topic(),
+        100,
+    );
+    let consumer = CacheUpdater::<OrderCache>::consumer(
+        &settings.kafka_brokers,
+        &settings.updater_group,
+        &settings.orders_topic,
+        &settings.updater_assignment,
+        100,
+    )
+    .expect("consumer");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(updater.run(consumer, shutdown.clone()));
+
+    let mut changed = Vec::new();
+    let mut partitions = [false; 3];
+    while partitions.contains(&false) {
+        let order = app.create_order().await;
+        app.cache_order(order.order_id).await;
+        changed.push(app.set_status(order.order_id, OrderStatus::Paid).await);
+        partitions[partition_of(order.order_id, 3) as usize] = true;
+    }
+    for order in &changed {
+        app.wait_until_cached(order.order_id, order.version, DEADLINE)
+            .await
+            .expect("every partition's events are applied, partition 0's behind the poison too");
+    }
+    let committed = wait_for_commits(&env, |committed| committed[1] > 0 && committed[2] > 0).await;
+    assert!(
+        committed[0] <= poison_offset,
+        "partition 0 is committed only up to its unsent poison message (at {poison_offset}): {committed:?}"
+    );
+    assert!(
+        read_dead_letters_within(&env, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "the refused message is not in the dead-letter topic"
+    );
+    shutdown.cancel();
+    running
+        .await
+        .expect("no panic")
+        .expect("the updater stops cleanly");
+    app.stop().await.expect("a clean stop");
+}
+
+fn producer(env: &Environment) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka_brokers)
+        .create()
+        .expect("producer")
+}
+
+/// Produces `payload` to `partition` of the orders topic (key: order 1) and returns its offset.
+async fn produce(
+    producer: &FutureProducer,
+    env: &Environment,
+    partition: i32,
+    payload: &[u8],
+    header: Option<(&str, &str)>,
+) -> i64 {
+    let mut headers = OwnedHeaders::new();
+    if let Some((key, value)) = header {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(&env.settings.orders_topic)
+                .partition(partition)
+                .key(&b"\x00\x00\x00\x00\x00\x00\x00\x01"[..])
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce poison")
+        .offset
+}
+
+/// A dead letter: its source partition, payload, and headers (except `source_offset`), in order.
+type DeadLetter = (String, Vec<u8>, Vec<(String, String)>);
+
+/// The first `count` messages of the environment's dead-letter topic.
+async fn read_dead_letters(env: &Environment, count: usize) -> Vec<DeadLetter> {
+    let read = read_dead_letters_within(env, DEADLINE).await;
+    assert!(
+        read.len() >= count,
+        "{count} dead letters within {DEADLINE:?}: {read:?}"
+    );
+    read
+}
+
+/// What the dead-letter topic holds after `wait` without a new message.
+async fn read_dead_letters_within(env: &Environment, wait: Duration) -> Vec<DeadLetter> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka_brokers)
+        .set(
+            "group.id",
+            format!(
+                "{}-dlq-reader-{}",
+                env.settings.updater_group,
+                uuid::Uuid::now_v7()
+            ),
+        )
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    dead_letters
+    consumer
         .subscribe(&[&env.settings.dead_letter_topic()])
         .expect("subscribe");
-    let mut sources = Vec::new();
-    while sources.len() < 3 {
-        let message = tokio::time::timeout(DEADLINE, dead_letters.recv())
-            .await
-            .expect("a dead letter within the deadline")
-            .expect("no consumer error");
-        assert_eq!(
-            message.payload(),
-            Some(&b"\xff\xfe not protobuf"[..]),
-            "the original bytes"
-        );
-        let source = message
+    let mut read = Vec::new();
+    while let Ok(message) = tokio::time::timeout(wait, consumer.recv()).await {
+        let message = message.expect("no consumer error");
+        let headers: Vec<(String, String)> = message
             .headers()
-            .and_then(|headers| headers.iter().find(|h| h.key == "source_partition"))
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8_lossy(value).into_owned());
-        sources.push(source.expect("a source_partition header"));
+            .map(|headers| {
+                headers
+                    .iter()
+                    .filter(|h| h.key != "source_offset")
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let partition = headers
+            .iter()
+            .find(|(key, _)| key == "source_partition")
+            .map(|(_, value)| value.clone())
+            .unwrap_or_default();
+        read.push((partition, message.payload().unwrap_or_default().to_vec(), headers));
     }
-    sources.sort();
-    assert_eq!(sources, ["0", "1", "2"], "one from each partition");
+    read
+}
+
+/// Polls the updater group's committed offsets of partitions 0, 1, 2 (0: none) until `done` holds.
+async fn wait_for_commits(env: &Environment, done: impl Fn(&[i64; 3]) -> bool) -> [i64; 3] {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &env.settings.kafka_brokers)
+        .set("group.id", &env.settings.updater_group)
+        .create()
+        .expect("consumer");
+    let mut wanted = TopicPartitionList::new();
+    for partition in 0..3 {
+        wanted.add_partition(&env.settings.orders_topic, partition);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let committed = consumer
+            .committed_offsets(wanted.clone(), Duration::from_secs(5))
+            .expect("committed offsets");
+        let mut offsets = [0; 3];
+        for element in committed.elements() {
+            if let Offset::Offset(offset) = element.offset() {
+                offsets[element.partition() as usize] = offset;
+            }
+        }
+        if done(&offsets) || tokio::time::Instant::now() > deadline {
+            return offsets;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The updater's Redis pipelines are chunks of at most `WRITE_CHUNK` orders, however large the batch:
+/// the response timeout covers one pipeline, and a pipeline that times out is tried again whole.
+#[tokio::test]
+async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let app = env
+        .spawn(&[Component::Api, Component::Relay])
+        .await
+        .expect("the service starts");
+    // A backlog first, so that the updater's consumer hands it over in batches of up to 1,000.
+    let mut last = None;
+    for _ in 0..250 {
+        last = Some(app.create_order().await);
+    }
+    assert_eq!(
+        env.wait_for_empty_outbox(DEADLINE).await,
+        0,
+        "the backlog is in Kafka"
+    );
+    let settings = &env.settings;
+    let cache = Recording {
+        inner: OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl()).expect("cache"),
+        writes: Default::default(),
+    };
+    let writes = cache.writes.clone();
+    let updater = CacheUpdater::new(cache, producer(&env), settings.dead_letter_topic(), 1000);
+    let consumer = CacheUpdater::<OrderCache>::consumer(
+        &settings.kafka_brokers,
+        &settings.updater_group,
+        &settings.orders_topic,
+        &settings.updater_assignment,
+        1000,
+    )
+    .expect("consumer");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(updater.run(consumer, shutdown.clone()));
+    let last = last.expect("orders created");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !writes
+        .lock()
+        .unwrap()
+        .iter()
+        .flatten()
+        .any(|&id| id == last.order_id)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the updater reached the last event"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    running
+        .await
+        .expect("no panic")
+        .expect("the updater stops cleanly");
+
+    let sizes: Vec<usize> = writes.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        250,
+        "every event written once: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().any(|&size| size >= WRITE_CHUNK),
+        "a batch at least a chunk large (else this test shows nothing): {sizes:?}"
+    );
+    // With the batch written in one pipeline, this fails with [250].
+    assert!(
+        sizes.iter().all(|&size| size <= WRITE_CHUNK),
+        "no pipeline larger than a chunk: {sizes:?}"
+    );
     app.stop().await.expect("a clean stop");
+}
+
+/// The real cache, remembering the order ids of each `update_many`.
+struct Recording {
+    inner: OrderCache,
+    writes: std::sync::Arc<std::sync::Mutex<Vec<Vec<i64>>>>,
+}
+
+impl UpdateCache for Recording {
+    async fn update_many(&self, orders: &[pb::Order]) -> Result<Vec<WriteOutcome>, CacheError> {
+        self.writes
+            .lock()
+            .unwrap()
+            .push(orders.iter().map(|order| order.order_id).collect());
+        self.inner.update_many(orders).await
+    }
 }
