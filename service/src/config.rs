@@ -97,6 +97,11 @@ pub struct Settings {
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
 
+    /// Most OrderService calls in progress at once; beyond it a call waits up to 50 ms for room, then
+    /// is refused with RESOURCE_EXHAUSTED (health checks and reflection are not counted).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_requests: u32,
+
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,

@@ -23,7 +23,7 @@ use crate::config::{Component, Settings};
 use crate::events::cache_updater::{CacheUpdater, EventConsumer, UpdateCache};
 use crate::events::outbox_relay::OutboxRelay;
 use crate::events::topics;
-use crate::grpc::{self, AuthToken, OrdersApi, health::HealthMonitor};
+use crate::grpc::{self, Admission, AuthToken, OrdersApi, health::HealthMonitor};
 use crate::reads::{OrderReader, ReadThrough};
 use crate::storage::{self, Storage, StorageError};
 use crate::telemetry::ErrorChain;
@@ -155,7 +155,8 @@ impl Application {
             return;
         };
         let auth = self.settings.auth_token.clone().and_then(AuthToken::new);
-        let api = OrdersApi::new(self.storage.clone(), reader, auth);
+        let admission = Admission::new(self.settings.max_concurrent_requests as usize);
+        let api = OrdersApi::new(self.storage.clone(), reader, auth, admission);
         let (reporter, health) = grpc::health();
         let monitor = HealthMonitor {
             reporter,

@@ -4,10 +4,13 @@
 //! Shutdown is graceful: when the token is cancelled the server stops accepting connections and waits
 //! for the calls in flight to finish.
 
+pub mod admission;
 mod auth;
 pub mod health;
 mod orders;
 mod status;
+
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -15,11 +18,16 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 
+pub use admission::Admission;
 pub use auth::AuthToken;
 pub use orders::{MAX_IDS_PER_GET_ORDERS, OrdersApi};
 
 use crate::proto::{FILE_DESCRIPTOR_SET, orders::v1::order_service_server::OrderServiceServer};
 use crate::reads::ReadThrough;
+
+/// The longest a call of any service may run; a client's shorter `grpc-timeout` wins. A call past it is
+/// answered `CANCELLED` ("Timeout expired", tonic's convention) and its work dropped.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request accepted, in bytes (a GetOrders of 1000 ids is about 10 KB; an order of 1000 items
 /// about 40 KB).
@@ -65,6 +73,7 @@ pub async fn serve<C: ReadThrough>(
         .build_v1alpha()?;
     let orders = OrderServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
+        .timeout(RPC_TIMEOUT)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::admission::Admission;
 use super::auth::AuthToken;
 use super::status;
 use crate::cache::OrderCache;
@@ -18,14 +19,21 @@ pub struct OrdersApi<C = OrderCache> {
     storage: Storage,
     reader: OrderReader<C>,
     auth: Option<AuthToken>,
+    admission: Admission,
 }
 
 impl<C: ReadThrough> OrdersApi<C> {
-    pub fn new(storage: Storage, reader: OrderReader<C>, auth: Option<AuthToken>) -> Self {
+    pub fn new(
+        storage: Storage,
+        reader: OrderReader<C>,
+        auth: Option<AuthToken>,
+        admission: Admission,
+    ) -> Self {
         Self {
             storage,
             reader,
             auth,
+            admission,
         }
     }
 
@@ -43,6 +51,7 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let _admitted = self.admission.admit().await?;
         self.authorize(&request)?;
         let request = request.into_inner();
         let items = request.items.into_iter().map(Into::into).collect();
@@ -62,6 +71,7 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let _admitted = self.admission.admit().await?;
         let request = request.into_inner();
         let id = OrderId::parse(request.order_id).map_err(|e| status::invalid_order_id("order_id", e))?;
         if request.min_version < 0 {
@@ -86,6 +96,7 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
         &self,
         request: Request<pb::GetOrdersRequest>,
     ) -> Result<Response<pb::GetOrdersResponse>, Status> {
+        let _admitted = self.admission.admit().await?;
         let request = request.into_inner();
         if request.order_ids.len() > MAX_IDS_PER_GET_ORDERS {
             return Err(Status::invalid_argument(format!(
@@ -117,6 +128,7 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
         &self,
         request: Request<pb::UpdateOrderStatusRequest>,
     ) -> Result<Response<pb::UpdateOrderStatusResponse>, Status> {
+        let _admitted = self.admission.admit().await?;
         self.authorize(&request)?;
         let request = request.into_inner();
         let id = OrderId::parse(request.order_id).map_err(|e| status::invalid_order_id("order_id", e))?;

@@ -22,6 +22,11 @@ pub fn install(address: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A call refused because the server was at its limit of calls in progress.
+pub fn grpc_shed() {
+    counter!("orders_grpc_calls_shed_total").increment(1);
+}
+
 /// How a read was answered, per order: `hit`, `miss`, `stale` (older than `min_version`), `corrupt`,
 /// or `unavailable` (Redis did not answer).
 pub fn cache_read(result: &'static str, count: usize) {

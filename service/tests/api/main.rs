@@ -4,5 +4,6 @@ mod cache_path;
 mod errors;
 mod faults;
 mod helpers;
+mod overload;
 mod reflection;
 mod rpcs;
