@@ -8,13 +8,15 @@
 //! * `min_version` (read-your-writes): a cached copy older than it is bypassed, and left for the
 //!   updater to replace.
 //! * Redis is optional: when it does not answer, every id is a miss, no lease is asked for, and the
-//!   database answers.
+//!   database answers. After a few such reads in a row the reads skip Redis for a while (a
+//!   [circuit breaker](crate::cache::CircuitBreaker)), rather than each paying its timeout.
 //! * A corrupt cached value is a miss; the lease replaces it (if it is still there).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 
-use crate::cache::{CacheError, Cached, Lease, Miss, OrderCache, WriteOutcome};
+use crate::cache::{CacheError, Cached, CircuitBreaker, Lease, Miss, OrderCache, WriteOutcome};
 use crate::domain::OrderId;
 use crate::proto::orders::v1 as pb;
 use crate::storage::{Storage, StorageError};
@@ -55,6 +57,7 @@ impl ReadThrough for OrderCache {
 pub struct OrderReader<C = OrderCache> {
     storage: Storage,
     cache: C,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// An order and where it was read from.
@@ -66,7 +69,11 @@ pub struct Read {
 
 impl<C: ReadThrough> OrderReader<C> {
     pub fn new(storage: Storage, cache: C) -> Self {
-        Self { storage, cache }
+        Self {
+            storage,
+            cache,
+            breaker: Arc::default(),
+        }
     }
 
     /// One order, from the cache if it holds `min_version` or newer.
@@ -84,13 +91,9 @@ impl<C: ReadThrough> OrderReader<C> {
         let mut unique = HashSet::with_capacity(ids.len());
         let ids: Vec<OrderId> = ids.iter().copied().filter(|id| unique.insert(*id)).collect();
 
-        let (cached, redis_answers) = match self.cache.get_many(&ids).await {
-            Ok(cached) => (cached, true),
-            Err(error) => {
-                tracing::debug!(%error, "cache unavailable; reading from the database");
-                metrics::cache_read("unavailable", ids.len());
-                (vec![Cached::Miss; ids.len()], false)
-            }
+        let (cached, redis_answers) = match self.lookup(&ids).await {
+            Some(cached) => (cached, true),
+            None => (vec![Cached::Miss; ids.len()], false),
         };
 
         let mut found = HashMap::with_capacity(ids.len());
@@ -156,6 +159,26 @@ impl<C: ReadThrough> OrderReader<C> {
         Ok(found)
     }
 
+    /// The cache's entries for `ids`, in order; `None` if Redis did not answer or is skipped for now.
+    async fn lookup(&self, ids: &[OrderId]) -> Option<Vec<Cached>> {
+        if !self.breaker.allow() {
+            metrics::cache_read("skipped", ids.len());
+            return None;
+        }
+        match self.cache.get_many(ids).await {
+            Ok(cached) => {
+                self.breaker.succeeded();
+                Some(cached)
+            }
+            Err(error) => {
+                self.breaker.failed();
+                tracing::debug!(%error, "cache unavailable; reading from the database");
+                metrics::cache_read("unavailable", ids.len());
+                None
+            }
+        }
+    }
+
     /// The leases granted on `misses`, by id (none when Redis did not answer the lookup: it would not
     /// answer this either, and the read should not wait for its timeout twice).
     async fn take_leases(&self, misses: &[Miss<'_>], redis_answers: bool) -> HashMap<OrderId, Lease> {
@@ -169,6 +192,7 @@ impl<C: ReadThrough> OrderReader<C> {
                 .filter_map(|(miss, lease)| Some((miss.id, lease?)))
                 .collect(),
             Err(error) => {
+                self.breaker.failed();
                 tracing::debug!(%error, "no leases; the misses will not be filled");
                 HashMap::new()
             }
@@ -195,7 +219,10 @@ impl<C: ReadThrough> OrderReader<C> {
                     metrics::cache_fill(outcome);
                 }
             }
-            Err(error) => tracing::debug!(%error, "could not fill the cache"),
+            Err(error) => {
+                self.breaker.failed();
+                tracing::debug!(%error, "could not fill the cache");
+            }
         }
     }
 }

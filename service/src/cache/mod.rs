@@ -40,6 +40,7 @@
 //! Redis is an optimisation, never a dependency: every call has a short response timeout, and callers
 //! treat an error as a miss.
 
+pub mod breaker;
 mod entry;
 mod scripts;
 
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use breaker::CircuitBreaker;
 pub use entry::{Cached, LEASE_PREFIX, Lease, decode, encode, key, version};
 pub use scripts::WriteOutcome;
 

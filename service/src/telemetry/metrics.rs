@@ -28,9 +28,14 @@ pub fn grpc_shed() {
 }
 
 /// How a read was answered, per order: `hit`, `miss`, `stale` (older than `min_version`), `corrupt`,
-/// or `unavailable` (Redis did not answer).
+/// `unavailable` (Redis did not answer), or `skipped` (Redis not asked: the circuit breaker is open).
 pub fn cache_read(result: &'static str, count: usize) {
     counter!("orders_cache_reads_total", "result" => result).increment(count as u64);
+}
+
+/// Whether reads skip Redis, which stopped answering (1), or use it (0).
+pub fn cache_breaker_open(open: bool) {
+    gauge!("orders_cache_breaker_open").set(if open { 1.0 } else { 0.0 });
 }
 
 /// What became of a read's fill of a miss (see [`WriteOutcome`]).

@@ -10,6 +10,7 @@ use harness::Service;
 use harness::app::{ALL, Environment, own_stack, shared_stack};
 use harness::client::OrdersClient;
 use service::cache::Cached;
+use service::cache::breaker::{FAILURES_TO_OPEN, OPEN_FOR};
 use service::config::Component;
 use service::domain::OrderStatus;
 use service::proto::orders::v1 as pb;
@@ -129,6 +130,74 @@ async fn reads_succeed_while_redis_is_down_and_the_cache_works_again_after() {
         .await
         .expect("the updater works again");
     app.stop().await.expect("a clean stop");
+}
+
+/// Redis that does not answer (paused, as in a long GC or a hung host): a few reads pay its timeout,
+/// then reads stop asking it (counted in Redis itself: the `MGET`s that reached it), and once it
+/// answers again they use the cache again on their own.
+#[tokio::test]
+async fn while_redis_does_not_answer_reads_stop_asking_it_and_use_it_again_when_it_does() {
+    let stack = own_stack().await;
+    let env = Environment::fresh(&stack).await;
+    let app = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let order = app.create_order().await;
+    app.cache_order(order.order_id).await;
+    let mut redis = redis::Client::open(env.settings.redis_url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .expect("RESETSTAT");
+
+    stack.pause(Service::Redis).await.expect("pause redis");
+    let paused = std::time::Instant::now();
+    let reads = 20;
+    for _ in 0..reads {
+        let read = app.get_order(order.order_id).await;
+        assert_eq!(read.source, pb::Source::Database as i32, "Redis does not answer");
+    }
+    let probes_allowed = paused.elapsed().as_secs_f64() / OPEN_FOR.as_secs_f64();
+    stack.resume(Service::Redis).await.expect("resume redis");
+
+    // Redis executes what reached it while it was paused as soon as it runs again.
+    let asked = mget_calls(&mut redis).await;
+    assert!(
+        asked >= 1,
+        "the first read asked Redis (else this test shows nothing): {asked}"
+    );
+    // Without the breaker, every one of the 20 reads asks.
+    assert!(
+        f64::from(asked) <= f64::from(FAILURES_TO_OPEN) + probes_allowed.ceil(),
+        "{asked} of {reads} reads asked a Redis that did not answer ({probes_allowed:.1} probe periods)"
+    );
+
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let read = app.get_order(order.order_id).await;
+        if read.source == pb::Source::Cache as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reads use the cache again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await.expect("a clean stop");
+}
+
+/// `MGET`s Redis executed since its statistics were reset (the readers' lookups; nothing else sends it).
+async fn mget_calls(redis: &mut redis::aio::MultiplexedConnection) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a count"))
 }
 
 #[tokio::test]
