@@ -6,4 +6,5 @@ mod faults;
 mod helpers;
 mod overload;
 mod reflection;
+mod relay;
 mod rpcs;
