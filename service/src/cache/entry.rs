@@ -97,6 +97,10 @@ mod tests {
             matches!(decode(Some(b"4:".to_vec())), Cached::Corrupt(_)),
             "version must match"
         );
+        assert!(
+            matches!(decode(Some(b"0:".to_vec())), Cached::Corrupt(_)),
+            "an order without an id (version 0 matches the empty order's)"
+        );
     }
 
     #[test]
