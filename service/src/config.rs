@@ -42,6 +42,31 @@ pub enum Component {
     Updater,
 }
 
+/// How a consumer group assigns partitions to its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Assignment {
+    /// Incremental (KIP-429): a rebalance moves only the partitions that change owner.
+    CooperativeSticky,
+    /// Eager: every rebalance revokes everything first.
+    Range,
+    /// Eager, round robin.
+    Roundrobin,
+    /// Kafka 4's broker-side protocol (KIP-848): the broker assigns, incrementally.
+    Consumer,
+}
+
+impl Assignment {
+    /// The flag's value: librdkafka's `partition.assignment.strategy`, or `consumer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CooperativeSticky => "cooperative-sticky",
+            Self::Range => "range",
+            Self::Roundrobin => "roundrobin",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// PostgreSQL URL.
@@ -80,10 +105,9 @@ pub struct Settings {
     #[arg(long, env = "UPDATER_GROUP", default_value = "orders-cache-updater")]
     pub updater_group: String,
 
-    /// Partition assignment of the updater group: `cooperative-sticky`, `range`, `roundrobin`, or
-    /// `consumer` for Kafka 4's broker-side protocol (KIP-848).
-    #[arg(long, env = "UPDATER_ASSIGNMENT", default_value = "cooperative-sticky")]
-    pub updater_assignment: String,
+    /// Partition assignment of the updater group.
+    #[arg(long, env = "UPDATER_ASSIGNMENT", value_enum, default_value_t = Assignment::CooperativeSticky)]
+    pub updater_assignment: Assignment,
 
     /// Most messages the updater reads from Kafka at once (ChannelConsumer's consume_size).
     #[arg(long, env = "UPDATER_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]

@@ -202,7 +202,7 @@ impl Application {
             &settings.kafka_brokers,
             &settings.updater_group,
             &settings.orders_topic,
-            &settings.updater_assignment,
+            settings.updater_assignment,
             settings.updater_batch as usize,
         )?)
     }

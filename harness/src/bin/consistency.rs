@@ -63,7 +63,7 @@ struct Cli {
     updaters: u8,
 
     /// Partition assignment of the updater group.
-    #[arg(long, default_value = "cooperative-sticky", value_parser = parse_assignment)]
+    #[arg(long, value_enum, default_value_t = Assignment::CooperativeSticky)]
     assignment: Assignment,
 
     /// Seed of the workload and the fault order.
@@ -85,14 +85,6 @@ fn positive_rate(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{text:?} is not a rate between 0 and 100000 operations per second"
         )),
-    }
-}
-
-fn parse_assignment(text: &str) -> Result<Assignment, String> {
-    match text {
-        "range" => Ok(Assignment::Range),
-        "cooperative-sticky" => Ok(Assignment::CooperativeSticky),
-        other => Err(format!("{other:?}: expected range or cooperative-sticky")),
     }
 }
 

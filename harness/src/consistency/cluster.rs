@@ -120,10 +120,7 @@ impl Cluster {
                 ("KAFKA_BROKERS".into(), self.brokers.clone()),
                 ("ORDERS_TOPIC".into(), self.topic.clone()),
                 ("UPDATER_GROUP".into(), self.group.clone()),
-                (
-                    "UPDATER_ASSIGNMENT".into(),
-                    self.config.assignment.config_value().into(),
-                ),
+                ("UPDATER_ASSIGNMENT".into(), self.config.assignment.name().into()),
                 ("GRPC_ADDR".into(), self.api_address.to_string()),
                 ("RUST_LOG".into(), "info,rdkafka=warn".into()),
             ],

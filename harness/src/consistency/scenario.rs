@@ -8,22 +8,7 @@ use std::fmt;
 
 use proptest::prelude::*;
 
-/// How the updater group assigns partitions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assignment {
-    /// Eager: every rebalance revokes everything first.
-    Range,
-    CooperativeSticky,
-}
-
-impl Assignment {
-    pub fn config_value(self) -> &'static str {
-        match self {
-            Self::Range => "range",
-            Self::CooperativeSticky => "cooperative-sticky",
-        }
-    }
-}
+pub use service::config::Assignment;
 
 /// One step of a scenario.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,7 +182,7 @@ pub struct Scenario {
 
 impl fmt::Display for Scenario {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "scenario ({} assignment):", self.assignment.config_value())?;
+        writeln!(f, "scenario ({} assignment):", self.assignment.name())?;
         for (index, step) in self.steps.iter().enumerate() {
             writeln!(f, "  {:>2}. {step}", index + 1)?;
         }

@@ -27,6 +27,7 @@ use super::dead_letters::DeadLetters;
 use super::order_change::OrderChanges;
 use crate::backoff::Backoff;
 use crate::cache::{CacheError, OrderCache, WriteOutcome};
+use crate::config::Assignment;
 use crate::kafka::{ChannelConsumer, ConsumerError, Item, KafkaMessage};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::metrics;
@@ -82,13 +83,12 @@ impl<W: UpdateCache> CacheUpdater<W> {
     }
 
     /// The consumer this updater reads with: group `group`, offsets stored by `handle()` and committed
-    /// by librdkafka, a new group starting from the oldest event. `assignment` is a
-    /// `partition.assignment.strategy`, or `consumer` for Kafka 4's broker-side protocol.
+    /// by librdkafka, a new group starting from the oldest event.
     pub fn consumer(
         brokers: &str,
         group: &str,
         topic: &str,
-        assignment: &str,
+        assignment: Assignment,
         batch_size: usize,
     ) -> Result<EventConsumer, ConsumerError> {
         let mut config = ClientConfig::new();
@@ -100,11 +100,11 @@ impl<W: UpdateCache> CacheUpdater<W> {
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
             .set("log_level", "4");
-        if assignment == "consumer" {
+        if assignment == Assignment::Consumer {
             config.set("group.protocol", "consumer");
         } else {
             config
-                .set("partition.assignment.strategy", assignment)
+                .set("partition.assignment.strategy", assignment.name())
                 .set("session.timeout.ms", "10000")
                 .set("heartbeat.interval.ms", "1000");
         }

@@ -259,7 +259,7 @@ async fn a_dead_letter_topic_that_refuses_holds_back_only_its_partitions_commits
         &settings.kafka_brokers,
         &settings.updater_group,
         &settings.orders_topic,
-        &settings.updater_assignment,
+        settings.updater_assignment,
         100,
     )
     .expect("consumer");
@@ -452,7 +452,7 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
         &settings.kafka_brokers,
         &settings.updater_group,
         &settings.orders_topic,
-        &settings.updater_assignment,
+        settings.updater_assignment,
         1000,
     )
     .expect("consumer");
