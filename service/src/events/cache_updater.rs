@@ -19,6 +19,7 @@ use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::ClientConfig;
+use rdkafka::message::Headers;
 use rdkafka::producer::FutureProducer;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +32,7 @@ use crate::config::Assignment;
 use crate::kafka::{ChannelConsumer, ConsumerError, Item, KafkaMessage};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::metrics;
+use crate::telemetry::trace_context::{TRACEPARENT, TraceId, TraceParent};
 
 /// How long the updater waits to fill a batch (the seed's 10 ms).
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
@@ -156,7 +158,16 @@ impl<W: UpdateCache> CacheUpdater<W> {
                 return Ok(());
             };
             record(&orders, &outcomes);
-            chunk.iter().for_each(Event::handle);
+            for (event, outcome) in chunk.iter().zip(&outcomes) {
+                tracing::debug!(
+                    order_id = event.value().order_id,
+                    version = event.value().version,
+                    outcome = outcome.as_str(),
+                    trace_id = trace_id(event).map(tracing::field::display),
+                    "applied"
+                );
+                event.handle();
+            }
         }
         Ok(())
     }
@@ -173,6 +184,13 @@ impl<W: UpdateCache> CacheUpdater<W> {
         }
         Ok(events)
     }
+}
+
+/// The trace id of the request that made the change, from the message's `traceparent` header.
+fn trace_id(event: &Event) -> Option<TraceId> {
+    let header = event.headers()?.iter().find(|header| header.key == TRACEPARENT)?;
+    let value = std::str::from_utf8(header.value?).ok()?;
+    Some(TraceParent::parse(value).ok()?.trace_id())
 }
 
 /// Writes `orders` (one chunk) to `cache`, retrying with back-off until Redis answers; `None` if

@@ -27,6 +27,7 @@ use crate::backoff::Backoff;
 use crate::events::EVENT_ID_HEADER;
 use crate::storage::{Storage, StorageError, outbox};
 use crate::telemetry::metrics;
+use crate::telemetry::trace_context::{TRACEPARENT, TraceParent};
 
 const NOTIFY_CHANNEL: &str = "order_outbox";
 /// How long an event may wait for room in librdkafka's queue before the round fails.
@@ -114,6 +115,7 @@ impl OutboxRelay {
         Some(listener)
     }
 
+    #[tracing::instrument(name = "publish round", level = "debug", skip_all)]
     async fn publish_round(&self) -> Result<Round, RelayError> {
         let Some(mut transaction) = outbox::begin_round(self.storage.pool()).await? else {
             return Ok(Round::NotLeader);
@@ -127,6 +129,14 @@ impl OutboxRelay {
         // (`FutureProducer::send` would not do: it is an `async fn` that enqueues only when first polled,
         // so sends collected and then awaited one by one cost one broker round trip each.)
         self.publish(&events).await?;
+        for event in &events {
+            tracing::debug!(
+                order_id = %event.order_id,
+                event_id = %event.event_id,
+                trace_id = event.traceparent.as_deref().and_then(|t| TraceParent::parse(t).ok()).map(|t| tracing::field::display(t.trace_id())),
+                "published"
+            );
+        }
         let ids: Vec<i64> = events.iter().map(|event| event.id).collect();
         outbox::delete(&mut transaction, &ids).await?;
         transaction.commit().await.map_err(StorageError::from)?;
@@ -176,13 +186,20 @@ impl OutboxRelay {
     async fn enqueue(&self, event: &outbox::OutboxEvent) -> Result<DeliveryFuture, RelayError> {
         let key = event.order_id.to_key();
         let event_id = event.event_id.to_string();
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: EVENT_ID_HEADER,
+            value: Some(&event_id),
+        });
+        if let Some(traceparent) = &event.traceparent {
+            headers = headers.insert(Header {
+                key: TRACEPARENT,
+                value: Some(traceparent),
+            });
+        }
         let mut record = FutureRecord::to(&self.topic)
             .key(&key[..])
             .payload(&event.payload)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: EVENT_ID_HEADER,
-                value: Some(&event_id),
-            }));
+            .headers(headers);
         let deadline = Instant::now() + QUEUE_TIMEOUT;
         loop {
             match self.producer.send_result(record) {
@@ -247,6 +264,7 @@ mod tests {
                 order_id: OrderId::parse(id).expect("positive"),
                 event_id: uuid::Uuid::now_v7(),
                 payload: vec![1, 2, 3],
+                traceparent: None,
             })
             .collect();
 
@@ -283,6 +301,7 @@ mod tests {
             order_id: OrderId::parse(id).expect("positive"),
             event_id: uuid::Uuid::now_v7(),
             payload,
+            traceparent: None,
         };
         let events = [
             event(1, vec![1; 10]),

@@ -10,6 +10,7 @@ use crate::domain::{NewOrder, OrderId, OrderStatus};
 use crate::proto::orders::v1::{self as pb, order_service_server::OrderService};
 use crate::reads::{OrderReader, ReadThrough};
 use crate::storage::Storage;
+use crate::telemetry::trace_context::{TRACEPARENT, TraceParent};
 
 /// Most ids one `GetOrders` may ask for.
 pub const MAX_IDS_PER_GET_ORDERS: usize = 1000;
@@ -45,12 +46,35 @@ impl<C: ReadThrough> OrdersApi<C> {
     }
 }
 
+/// The request's trace: the client's `traceparent` continued, or a new trace; its id goes in the RPC's
+/// span, so that every log line of the call carries it.
+fn traced<T>(request: &Request<T>) -> TraceParent {
+    let header = request
+        .metadata()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    let trace = TraceParent::continue_or_start(header);
+    tracing::Span::current().record("trace_id", tracing::field::display(trace.trace_id()));
+    trace
+}
+
+/// The answer, with the call's `traceparent` in its metadata: a client that sent none learns the trace
+/// its write can be found by.
+fn with_trace<T>(mut response: Response<T>, trace: TraceParent) -> Response<T> {
+    if let Ok(value) = trace.to_string().parse() {
+        response.metadata_mut().insert(TRACEPARENT, value);
+    }
+    response
+}
+
 #[tonic::async_trait]
 impl<C: ReadThrough> OrderService for OrdersApi<C> {
+    #[tracing::instrument(name = "CreateOrder", skip_all, fields(trace_id))]
     async fn create_order(
         &self,
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let trace = traced(&request);
         let _admitted = self.admission.admit().await?;
         self.authorize(&request)?;
         let request = request.into_inner();
@@ -59,18 +83,24 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
             .map_err(status::invalid_new_order)?;
         let order = self
             .storage
-            .create_order(&new_order)
+            .create_order(&new_order, trace)
             .await
             .map_err(status::create)?;
-        Ok(Response::new(pb::CreateOrderResponse {
-            order: Some((&order).into()),
-        }))
+        tracing::debug!(order_id = %order.id, version = order.version, "order created");
+        Ok(with_trace(
+            Response::new(pb::CreateOrderResponse {
+                order: Some((&order).into()),
+            }),
+            trace,
+        ))
     }
 
+    #[tracing::instrument(name = "GetOrder", skip_all, fields(trace_id))]
     async fn get_order(
         &self,
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let trace = traced(&request);
         let _admitted = self.admission.admit().await?;
         let request = request.into_inner();
         let id = OrderId::parse(request.order_id).map_err(|e| status::invalid_order_id("order_id", e))?;
@@ -86,16 +116,21 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
             .await
             .map_err(status::storage)?
             .ok_or_else(|| Status::not_found(format!("order {id} does not exist")))?;
-        Ok(Response::new(pb::GetOrderResponse {
-            order: Some(read.order),
-            source: read.source.into(),
-        }))
+        Ok(with_trace(
+            Response::new(pb::GetOrderResponse {
+                order: Some(read.order),
+                source: read.source.into(),
+            }),
+            trace,
+        ))
     }
 
+    #[tracing::instrument(name = "GetOrders", skip_all, fields(trace_id))]
     async fn get_orders(
         &self,
         request: Request<pb::GetOrdersRequest>,
     ) -> Result<Response<pb::GetOrdersResponse>, Status> {
+        let trace = traced(&request);
         let _admitted = self.admission.admit().await?;
         let request = request.into_inner();
         if request.order_ids.len() > MAX_IDS_PER_GET_ORDERS {
@@ -121,13 +156,15 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
                 None => response.not_found_ids.push(id.get()),
             }
         }
-        Ok(Response::new(response))
+        Ok(with_trace(Response::new(response), trace))
     }
 
+    #[tracing::instrument(name = "UpdateOrderStatus", skip_all, fields(trace_id))]
     async fn update_order_status(
         &self,
         request: Request<pb::UpdateOrderStatusRequest>,
     ) -> Result<Response<pb::UpdateOrderStatusResponse>, Status> {
+        let trace = traced(&request);
         let _admitted = self.admission.admit().await?;
         self.authorize(&request)?;
         let request = request.into_inner();
@@ -142,11 +179,20 @@ impl<C: ReadThrough> OrderService for OrdersApi<C> {
         }
         let change = self
             .storage
-            .update_status(id, to, request.expected_version)
+            .update_status(id, to, request.expected_version, trace)
             .await
             .map_err(status::update)?;
-        Ok(Response::new(pb::UpdateOrderStatusResponse {
-            order: Some((&change.order).into()),
-        }))
+        tracing::debug!(
+            order_id = %id,
+            version = change.order.version,
+            changed = change.changed,
+            "status updated"
+        );
+        Ok(with_trace(
+            Response::new(pb::UpdateOrderStatusResponse {
+                order: Some((&change.order).into()),
+            }),
+            trace,
+        ))
     }
 }

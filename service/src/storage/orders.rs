@@ -12,6 +12,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{Storage, StorageError, outbox};
 use crate::domain::{CurrencyCode, Money, NewOrder, Order, OrderId, OrderItem, OrderStatus, TransitionError};
+use crate::telemetry::trace_context::TraceParent;
 
 /// What a status change did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +58,8 @@ impl From<sqlx::Error> for UpdateError {
 impl Storage {
     /// Creates the order (version 1) and its event. With an idempotency key this client already used,
     /// returns the order first created with it if the request is the same (a retry), and refuses it if
-    /// the request differs (the key reused for another order).
-    pub async fn create_order(&self, new: &NewOrder) -> Result<Order, CreateError> {
+    /// the request differs (the key reused for another order). `trace` goes with the event.
+    pub async fn create_order(&self, new: &NewOrder, trace: TraceParent) -> Result<Order, CreateError> {
         let mut transaction = self.pool().begin().await?;
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO orders (client_id, status, currency_code, amount, idempotency_key)
@@ -100,7 +101,7 @@ impl Storage {
             .await?
             .ok_or_else(|| StorageError::Corrupt(format!("order {id} not visible in its own transaction")))?;
         record_version(&mut transaction, &order).await?;
-        outbox::enqueue(&mut transaction, &order).await?;
+        outbox::enqueue(&mut transaction, &order, trace).await?;
         transaction.commit().await?;
         Ok(order)
     }
@@ -142,11 +143,13 @@ impl Storage {
     }
 
     /// Moves the order to `to`, checking `expected_version` and the state machine under the row lock.
+    /// `trace` goes with the event.
     pub async fn update_status(
         &self,
         id: OrderId,
         to: OrderStatus,
         expected_version: Option<i64>,
+        trace: TraceParent,
     ) -> Result<StatusChange, UpdateError> {
         let mut transaction = self.pool().begin().await?;
         let row = sqlx::query("SELECT status, version FROM orders WHERE id = $1 FOR UPDATE")
@@ -180,7 +183,7 @@ impl Storage {
             .ok_or(UpdateError::NotFound(id))?;
         if changed {
             record_version(&mut transaction, &order).await?;
-            outbox::enqueue(&mut transaction, &order).await?;
+            outbox::enqueue(&mut transaction, &order, trace).await?;
         }
         transaction.commit().await?;
         Ok(StatusChange { order, changed })

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::StorageError;
 use crate::domain::{Order, OrderId};
 use crate::events;
+use crate::telemetry::trace_context::TraceParent;
 
 /// The advisory lock key of the relay ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f7574626f78;
@@ -23,15 +24,23 @@ pub struct OutboxEvent {
     pub order_id: OrderId,
     pub event_id: Uuid,
     pub payload: Vec<u8>,
+    /// The W3C `traceparent` of the request that made the change.
+    pub traceparent: Option<String>,
 }
 
-/// Writes the event of `order`'s current version, inside the caller's transaction.
-pub async fn enqueue(connection: &mut PgConnection, order: &Order) -> Result<(), StorageError> {
+/// Writes the event of `order`'s current version, made by the request `trace`, inside the caller's
+/// transaction.
+pub async fn enqueue(
+    connection: &mut PgConnection,
+    order: &Order,
+    trace: TraceParent,
+) -> Result<(), StorageError> {
     let event = events::order_event(order, Uuid::now_v7());
-    sqlx::query("INSERT INTO outbox (aggregate_id, event_id, payload) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO outbox (aggregate_id, event_id, payload, traceparent) VALUES ($1, $2, $3, $4)")
         .bind(order.id.get())
         .bind(Uuid::parse_str(&event.event_id).map_err(|e| StorageError::Corrupt(e.to_string()))?)
         .bind(event.encode_to_vec())
+        .bind(trace.to_string())
         .execute(connection)
         .await?;
     Ok(())
@@ -51,10 +60,12 @@ pub async fn begin_round(
 
 /// The oldest `limit` events, in commit order.
 pub async fn oldest(connection: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, StorageError> {
-    let rows = sqlx::query("SELECT id, aggregate_id, event_id, payload FROM outbox ORDER BY id LIMIT $1")
-        .bind(limit)
-        .fetch_all(connection)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT id, aggregate_id, event_id, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
     rows.into_iter()
         .map(|row| {
             Ok(OutboxEvent {
@@ -63,6 +74,7 @@ pub async fn oldest(connection: &mut PgConnection, limit: i64) -> Result<Vec<Out
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?,
                 event_id: row.try_get("event_id")?,
                 payload: row.try_get("payload")?,
+                traceparent: row.try_get("traceparent")?,
             })
         })
         .collect()

@@ -1,6 +1,7 @@
 //! Logs (`tracing`, filtered by `RUST_LOG`, default `info`) and Prometheus metrics.
 
 pub mod metrics;
+pub mod trace_context;
 
 use std::fmt;
 use std::io::IsTerminal;

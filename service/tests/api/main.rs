@@ -8,3 +8,4 @@ mod overload;
 mod reflection;
 mod relay;
 mod rpcs;
+mod traces;
