@@ -92,3 +92,32 @@ impl WriteOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels are a contract with dashboards (`orders_updater_events_total{result=...}`), and each
+    /// reply maps to its own outcome.
+    #[test]
+    fn each_outcome_has_its_reply_and_its_metric_label() {
+        let outcomes: Vec<(i64, &str)> = [1, 0, -1, 2, 3]
+            .into_iter()
+            .map(|reply| {
+                let outcome = WriteOutcome::from_reply(reply).expect("a known reply");
+                (reply, outcome.as_str())
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (1, "written"),
+                (0, "stale"),
+                (-1, "absent"),
+                (2, "invalidated"),
+                (3, "lease_lost")
+            ]
+        );
+        assert_eq!(WriteOutcome::from_reply(4), None);
+    }
+}

@@ -14,13 +14,14 @@
 //! Waking: PostgreSQL's LISTEN/NOTIFY wakes the relay when a change commits; a poll interval covers a
 //! lost listener connection and the rounds skipped while another instance held the lock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::postgres::PgListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -49,6 +50,8 @@ pub struct OutboxRelay {
     topic: String,
     batch_size: i64,
     poll_interval: Duration,
+    /// How long an event may wait for room in librdkafka's queue ([`QUEUE_TIMEOUT`]; shorter in tests).
+    queue_timeout: Duration,
 }
 
 /// What one round did.
@@ -66,6 +69,7 @@ impl OutboxRelay {
             topic,
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
+            queue_timeout: QUEUE_TIMEOUT,
         }
     }
 
@@ -200,7 +204,7 @@ impl OutboxRelay {
             .key(&key[..])
             .payload(&event.payload)
             .headers(headers);
-        let deadline = Instant::now() + QUEUE_TIMEOUT;
+        let deadline = Instant::now() + self.queue_timeout;
         loop {
             match self.producer.send_result(record) {
                 Ok(delivery) => return Ok(delivery),
@@ -276,6 +280,55 @@ mod tests {
             relay.producer.in_flight_count(),
             20,
             "events waiting in librdkafka"
+        );
+    }
+
+    /// An event that finds librdkafka's queue full waits for room, but not for ever: after the queue
+    /// timeout (here 500 ms) the round fails on it, while the mock broker takes 2 s to answer the one
+    /// event the queue holds.
+    #[tokio::test]
+    async fn an_event_that_finds_the_queue_full_for_too_long_fails_the_round() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("order-events", 3, 1).expect("topic");
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("queue.buffering.max.messages", "1")
+            .create()
+            .expect("producer");
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(2))
+            .expect("slow broker");
+        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
+        let mut relay = OutboxRelay::new(storage, producer, "order-events".into());
+        relay.queue_timeout = Duration::from_millis(500);
+        let events: Vec<outbox::OutboxEvent> = (1..=2)
+            .map(|id| outbox::OutboxEvent {
+                id,
+                order_id: OrderId::parse(id).expect("positive"),
+                event_id: uuid::Uuid::now_v7(),
+                payload: vec![1, 2, 3],
+                traceparent: None,
+            })
+            .collect();
+
+        let started = Instant::now();
+        let (deliveries, enqueued) = relay.enqueue_all(&events).await;
+        let waited = started.elapsed();
+
+        assert!(
+            matches!(
+                &enqueued,
+                Err(RelayError::Publish {
+                    event_id,
+                    error: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                }) if *event_id == events[1].event_id
+            ),
+            "the second event found the queue full: {enqueued:?}"
+        );
+        assert_eq!(deliveries.len(), 1, "the first event is in flight");
+        assert!(
+            waited >= relay.queue_timeout,
+            "it waited for room first: {waited:?}"
         );
     }
 
