@@ -101,6 +101,8 @@ impl<W: UpdateCache> CacheUpdater<W> {
             .set("enable.auto.offset.store", "false")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
+            // For the lag metric (orders_updater_consumer_lag).
+            .set("statistics.interval.ms", "5000")
             .set("log_level", "4");
         if assignment == Assignment::Consumer {
             config.set("group.protocol", "consumer");

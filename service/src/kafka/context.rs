@@ -192,6 +192,20 @@ impl<T: Send + 'static> ClientContext for ChannelContext<T> {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         warn!(target: "librdkafka", %error, reason, "client error");
     }
+
+    /// librdkafka's statistics, every `statistics.interval.ms` when set: the lag of each partition this
+    /// consumer owns (-1 while unknown, e.g. before its first fetch, is not reported).
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&*self.topic) else {
+            return;
+        };
+        for (&partition, progress) in &topic.partitions {
+            // Partition -1 is librdkafka's internal "unassigned" queue.
+            if partition >= 0 && progress.consumer_lag >= 0 {
+                metrics::consumer_lag(partition, progress.consumer_lag);
+            }
+        }
+    }
 }
 
 impl<T: Send + 'static> ConsumerContext for ChannelContext<T> {

@@ -73,8 +73,9 @@ pub fn updater_redis_retry() {
     counter!("orders_updater_redis_retries_total").increment(1);
 }
 
-pub fn consumer_lag(lag: i64) {
-    gauge!("orders_updater_consumer_lag").set(lag as f64);
+/// Messages of `partition` not yet consumed by the updater, as librdkafka last counted them.
+pub fn consumer_lag(partition: i32, lag: i64) {
+    gauge!("orders_updater_consumer_lag", "partition" => partition.to_string()).set(lag as f64);
 }
 
 /// A partition given to the updater's consumer by a rebalance (its first assignment included): summed
