@@ -4,7 +4,9 @@
 //! * Redis: `PING`.
 //! * Kafka: a metadata request that lists every expected broker, and each requested topic with its full
 //!   partition count and a leader for every partition (a topic that exists without leaders still refuses
-//!   produce requests).
+//!   produce requests). Then an idempotent write acknowledged, as the service's relay makes them: a
+//!   broker answers metadata before it can hand out producer ids, and a producer that starts then logs
+//!   "Coordinator load in progress" warnings until it can.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::Connection;
 
@@ -102,6 +105,44 @@ pub async fn ensure_topic(
     kafka_metadata_ready(brokers, expected_brokers, &[(topic, partitions)])
         .await
         .map_err(|reason| StackError::Setup(format!("topic {topic} did not become ready: {reason}")))
+}
+
+/// The topic of the idempotent-write check (one partition).
+const READY_TOPIC: &str = "stack.ready";
+
+/// Whether an idempotent producer gets a producer id and its write acknowledged (one attempt).
+pub async fn kafka_accepts_idempotent_writes(
+    brokers: &str,
+    expected_brokers: usize,
+) -> std::result::Result<(), String> {
+    let admin = admin_client(brokers).map_err(|e| e.to_string())?;
+    let replication = expected_brokers.clamp(1, 3) as i32;
+    let topic = NewTopic::new(READY_TOPIC, 1, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    let created = admin
+        .create_topics([&topic], &options)
+        .await
+        .map_err(|e| e.to_string())?;
+    match created.into_iter().next() {
+        Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
+        Some(Err((_, code))) => return Err(format!("creating topic {READY_TOPIC}: {code}")),
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "3000")
+        // This check expects the warnings it waits out.
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| e.to_string())?;
+    producer
+        .send(
+            FutureRecord::<(), [u8]>::to(READY_TOPIC).payload(&b"ready"[..]),
+            Duration::from_secs(3),
+        )
+        .await
+        .map(drop)
+        .map_err(|(error, _)| format!("an idempotent write to {READY_TOPIC}: {error}"))
 }
 
 /// Waits until metadata shows `expected_brokers` brokers and every `(topic, partitions)` fully led.

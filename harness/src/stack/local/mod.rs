@@ -107,7 +107,9 @@ impl LocalStack {
                     Service::Postgres => readiness::postgres_answers(&endpoints.database_url).await,
                     Service::Redis => readiness::redis_answers(&endpoints.redis_url).await,
                     Service::Kafka(_) => {
-                        readiness::kafka_metadata_ready(&endpoints.kafka_brokers, self.kafka.len(), &[]).await
+                        let brokers = &endpoints.kafka_brokers;
+                        readiness::kafka_metadata_ready(brokers, self.kafka.len(), &[]).await?;
+                        readiness::kafka_accepts_idempotent_writes(brokers, self.kafka.len()).await
                     }
                 }
             }
