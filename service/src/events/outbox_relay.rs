@@ -242,35 +242,53 @@ async fn wait_for_notification(listener: &mut Option<PgListener>, poll: Duration
 mod tests {
     use rdkafka::ClientConfig;
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
 
     use super::*;
     use crate::domain::OrderId;
+
+    /// A relay on a mock broker that answers after `round_trip`, its producer configured with
+    /// `producer` (the cluster must live as long as the relay).
+    fn relay_on_mock_broker(
+        round_trip: Duration,
+        producer: &[(&str, &str)],
+    ) -> (MockCluster<'static, DefaultProducerContext>, OutboxRelay) {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("order-events", 3, 1).expect("topic");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", cluster.bootstrap_servers());
+        for (key, value) in producer {
+            config.set(*key, *value);
+        }
+        let producer: FutureProducer = config.create().expect("producer");
+        cluster
+            .broker_round_trip_time(1, round_trip)
+            .expect("slow broker");
+        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
+        (
+            cluster,
+            OutboxRelay::new(storage, producer, "order-events".into()),
+        )
+    }
+
+    /// Event `id` of order `id`.
+    fn event(id: i64, payload: Vec<u8>) -> outbox::OutboxEvent {
+        outbox::OutboxEvent {
+            id,
+            order_id: OrderId::parse(id).expect("positive"),
+            event_id: uuid::Uuid::now_v7(),
+            payload,
+            traceparent: None,
+        }
+    }
 
     /// The relay's throughput rests on this: all of a round's events are in librdkafka's queue before
     /// the first acknowledgement is awaited, so they share produce requests instead of paying a broker
     /// round trip each. The mock broker answers after 5 s, so nothing is acknowledged while we look.
     #[tokio::test]
     async fn a_round_enqueues_every_event_before_waiting_for_any() {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic("order-events", 3, 1).expect("topic");
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .create()
-            .expect("producer");
-        cluster
-            .broker_round_trip_time(1, Duration::from_secs(5))
-            .expect("slow broker");
-        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
-        let relay = OutboxRelay::new(storage, producer, "order-events".into());
-        let events: Vec<outbox::OutboxEvent> = (1..=20)
-            .map(|id| outbox::OutboxEvent {
-                id,
-                order_id: OrderId::parse(id).expect("positive"),
-                event_id: uuid::Uuid::now_v7(),
-                payload: vec![1, 2, 3],
-                traceparent: None,
-            })
-            .collect();
+        let (_broker, relay) = relay_on_mock_broker(Duration::from_secs(5), &[]);
+        let events: Vec<outbox::OutboxEvent> = (1..=20).map(|id| event(id, vec![1, 2, 3])).collect();
 
         let (deliveries, enqueued) = relay.enqueue_all(&events).await;
         enqueued.expect("enqueued");
@@ -288,28 +306,10 @@ mod tests {
     /// event the queue holds.
     #[tokio::test]
     async fn an_event_that_finds_the_queue_full_for_too_long_fails_the_round() {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic("order-events", 3, 1).expect("topic");
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("queue.buffering.max.messages", "1")
-            .create()
-            .expect("producer");
-        cluster
-            .broker_round_trip_time(1, Duration::from_secs(2))
-            .expect("slow broker");
-        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
-        let mut relay = OutboxRelay::new(storage, producer, "order-events".into());
+        let (_broker, mut relay) =
+            relay_on_mock_broker(Duration::from_secs(2), &[("queue.buffering.max.messages", "1")]);
         relay.queue_timeout = Duration::from_millis(500);
-        let events: Vec<outbox::OutboxEvent> = (1..=2)
-            .map(|id| outbox::OutboxEvent {
-                id,
-                order_id: OrderId::parse(id).expect("positive"),
-                event_id: uuid::Uuid::now_v7(),
-                payload: vec![1, 2, 3],
-                traceparent: None,
-            })
-            .collect();
+        let events = [event(1, vec![1, 2, 3]), event(2, vec![1, 2, 3])];
 
         let started = Instant::now();
         let (deliveries, enqueued) = relay.enqueue_all(&events).await;
@@ -337,25 +337,8 @@ mod tests {
     /// next round published the same rows again. The mock broker answers after 2 s.
     #[tokio::test]
     async fn a_failed_round_waits_for_every_delivery_it_started() {
-        let cluster = MockCluster::new(1).expect("mock cluster");
-        cluster.create_topic("order-events", 3, 1).expect("topic");
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("message.max.bytes", "10000")
-            .create()
-            .expect("producer");
-        cluster
-            .broker_round_trip_time(1, Duration::from_secs(2))
-            .expect("slow broker");
-        let storage = Storage::connect_lazy("postgres://unused@127.0.0.1:1/unused", 1).expect("lazy pool");
-        let relay = OutboxRelay::new(storage, producer, "order-events".into());
-        let event = |id: i64, payload: Vec<u8>| outbox::OutboxEvent {
-            id,
-            order_id: OrderId::parse(id).expect("positive"),
-            event_id: uuid::Uuid::now_v7(),
-            payload,
-            traceparent: None,
-        };
+        let (_broker, relay) =
+            relay_on_mock_broker(Duration::from_secs(2), &[("message.max.bytes", "10000")]);
         let events = [
             event(1, vec![1; 10]),
             event(2, vec![2; 20_000]),

@@ -17,7 +17,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use service::cache::{CacheError, Cached, OrderCache, WriteOutcome};
 use service::config::Component;
 use service::domain::OrderStatus;
-use service::events::cache_updater::{CacheUpdater, UpdateCache, WRITE_CHUNK};
+use service::events::cache_updater::{CacheUpdater, UpdateCache, UpdaterError, WRITE_CHUNK};
 use service::proto::orders::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
@@ -249,22 +249,11 @@ async fn a_dead_letter_topic_that_refuses_holds_back_only_its_partitions_commits
         .create()
         .expect("producer");
     let settings = &env.settings;
-    let updater = CacheUpdater::new(
-        OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl()).expect("cache"),
-        refusing,
-        settings.dead_letter_topic(),
-        100,
+    let cache = OrderCache::connect_lazy(&settings.redis_url, settings.cache_ttl()).expect("cache");
+    let updater = run_updater(
+        &env,
+        CacheUpdater::new(cache, refusing, settings.dead_letter_topic(), 100),
     );
-    let consumer = CacheUpdater::<OrderCache>::consumer(
-        &settings.kafka_brokers,
-        &settings.updater_group,
-        &settings.orders_topic,
-        settings.updater_assignment,
-        100,
-    )
-    .expect("consumer");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(updater.run(consumer, shutdown.clone()));
 
     let mut changed = Vec::new();
     let mut partitions = [false; 3];
@@ -290,12 +279,40 @@ async fn a_dead_letter_topic_that_refuses_holds_back_only_its_partitions_commits
             .is_empty(),
         "the refused message is not in the dead-letter topic"
     );
-    shutdown.cancel();
-    running
-        .await
-        .expect("no panic")
-        .expect("the updater stops cleanly");
+    updater.stop().await;
     app.stop().await.expect("a clean stop");
+}
+
+/// An updater of the test's own (a cache or a dead-letter producer the service would not use), running
+/// with the environment's group on its topic.
+struct RunningUpdater {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), UpdaterError>>,
+}
+
+impl RunningUpdater {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("no panic")
+            .expect("the updater stops cleanly");
+    }
+}
+
+fn run_updater<W: UpdateCache>(env: &Environment, updater: CacheUpdater<W>) -> RunningUpdater {
+    let settings = &env.settings;
+    let consumer = CacheUpdater::<OrderCache>::consumer(
+        &settings.kafka_brokers,
+        &settings.updater_group,
+        &settings.orders_topic,
+        settings.updater_assignment,
+        settings.updater_batch as usize,
+    )
+    .expect("consumer");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(updater.run(consumer, shutdown.clone()));
+    RunningUpdater { shutdown, task }
 }
 
 fn producer(env: &Environment) -> FutureProducer {
@@ -447,17 +464,10 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
         writes: Default::default(),
     };
     let writes = cache.writes.clone();
-    let updater = CacheUpdater::new(cache, producer(&env), settings.dead_letter_topic(), 1000);
-    let consumer = CacheUpdater::<OrderCache>::consumer(
-        &settings.kafka_brokers,
-        &settings.updater_group,
-        &settings.orders_topic,
-        settings.updater_assignment,
-        1000,
-    )
-    .expect("consumer");
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(updater.run(consumer, shutdown.clone()));
+    let updater = run_updater(
+        &env,
+        CacheUpdater::new(cache, producer(&env), settings.dead_letter_topic(), 1000),
+    );
     let last = last.expect("orders created");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !writes
@@ -473,11 +483,7 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    shutdown.cancel();
-    running
-        .await
-        .expect("no panic")
-        .expect("the updater stops cleanly");
+    updater.stop().await;
 
     let sizes: Vec<usize> = writes.lock().unwrap().iter().map(Vec::len).collect();
     assert_eq!(
