@@ -40,7 +40,7 @@ pub fn create(error: CreateError) -> Status {
 pub fn update(error: UpdateError) -> Status {
     match error {
         UpdateError::NotFound(id) => Status::not_found(format!("order {id} does not exist")),
-        UpdateError::VersionMismatch { .. } => Status::aborted(error.to_string()),
+        UpdateError::VersionMismatch { .. } | UpdateError::Contended(_) => Status::aborted(error.to_string()),
         UpdateError::Transition(transition) => Status::failed_precondition(transition.to_string()),
         UpdateError::Storage(error) => storage(error),
     }

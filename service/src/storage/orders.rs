@@ -1,16 +1,19 @@
 //! Orders in PostgreSQL: create, read, and change status, each change with its outbox event in the same
 //! transaction.
 //!
-//! A status change locks the order's row (`FOR UPDATE`), so concurrent changes of one order serialize and
-//! each one sees the version the previous one wrote: versions increase by exactly one per change, and
-//! every version gets exactly one outbox event.
+//! A status change is an `UPDATE` of the order's row that holds its lock until commit, so concurrent
+//! changes of one order serialize and each one sees the version the previous one wrote: versions increase
+//! by exactly one per change, and every version gets exactly one outbox event.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
-use super::{Storage, StorageError, outbox};
+use super::outbox::NewEvent;
+use super::{Storage, StorageError};
 use crate::domain::{CurrencyCode, Money, NewOrder, Order, OrderId, OrderItem, OrderStatus, TransitionError};
 use crate::telemetry::trace_context::TraceParent;
 
@@ -45,6 +48,9 @@ pub enum UpdateError {
     VersionMismatch { id: OrderId, expected: i64, actual: i64 },
     #[error(transparent)]
     Transition(#[from] TransitionError),
+    /// Concurrent changes of the order kept overtaking this one; the client may try again.
+    #[error("order {0} changed concurrently {UPDATE_ATTEMPTS} times during this update; try again")]
+    Contended(OrderId),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -59,51 +65,70 @@ impl Storage {
     /// Creates the order (version 1) and its event. With an idempotency key this client already used,
     /// returns the order first created with it if the request is the same (a retry), and refuses it if
     /// the request differs (the key reused for another order). `trace` goes with the event.
+    ///
+    /// Two round trips, no transaction to open or commit: the id and the time first, then one
+    /// statement that writes the order, its items, its first version and its event (a statement is
+    /// atomic on its own). The event is encoded here, so its id and time must be known before.
     pub async fn create_order(&self, new: &NewOrder, trace: TraceParent) -> Result<Order, CreateError> {
-        let mut transaction = self.pool().begin().await?;
+        let (id, now): (i64, DateTime<Utc>) = sqlx::query_as("SELECT nextval('orders_id_seq'), now()")
+            .fetch_one(self.pool())
+            .await?;
+        let order = Order {
+            id: OrderId::parse(id).map_err(corrupt)?,
+            client_id: new.client_id,
+            status: OrderStatus::Created,
+            items: new.items.clone(),
+            amount: new.amount.clone(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = NewEvent::of(&order, trace);
+        let skus: Vec<i64> = new.items.iter().map(|item| item.sku_id).collect();
+        let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
+        let prices: Vec<Decimal> = new.items.iter().map(|item| item.price.amount()).collect();
+        // Each part after the first writes only if the order was inserted: with the idempotency key
+        // already used, nothing is.
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO orders (client_id, status, currency_code, amount, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (client_id, idempotency_key) DO NOTHING
-             RETURNING id",
+            "WITH created AS (
+                 INSERT INTO orders (id, client_id, status, currency_code, amount, idempotency_key,
+                                     version, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
+                 ON CONFLICT (client_id, idempotency_key) DO NOTHING
+                 RETURNING id),
+             items AS (
+                 INSERT INTO order_items (order_id, position, sku_id, quantity, price)
+                 SELECT created.id, item.position - 1, item.sku_id, item.quantity, item.price
+                 FROM created,
+                      UNNEST($8::bigint[], $9::int[], $10::numeric[])
+                          WITH ORDINALITY AS item (sku_id, quantity, price, position)),
+             version AS (
+                 INSERT INTO order_versions (order_id, version, status, changed_at)
+                 SELECT id, 1, $3, $7 FROM created)
+             INSERT INTO outbox (aggregate_id, event_id, payload, traceparent)
+             SELECT id, $11, $12, $13 FROM created
+             RETURNING aggregate_id",
         )
+        .bind(id)
         .bind(new.client_id)
         .bind(OrderStatus::Created.as_str())
         .bind(new.amount.currency().as_str())
         .bind(new.amount.amount())
         .bind(new.idempotency_key.as_deref())
-        .fetch_optional(&mut *transaction)
-        .await?;
-
-        let Some(id) = inserted else {
-            // The key was used before (possibly by a concurrent request that just committed).
-            transaction.rollback().await?;
-            return self.order_of_key(new).await;
-        };
-
-        let positions: Vec<i32> = (0..new.items.len() as i32).collect();
-        let skus: Vec<i64> = new.items.iter().map(|item| item.sku_id).collect();
-        let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
-        let prices: Vec<Decimal> = new.items.iter().map(|item| item.price.amount()).collect();
-        sqlx::query(
-            "INSERT INTO order_items (order_id, position, sku_id, quantity, price)
-             SELECT $1, * FROM UNNEST($2::int[], $3::bigint[], $4::int[], $5::numeric[])",
-        )
-        .bind(id)
-        .bind(&positions)
+        .bind(now)
         .bind(&skus)
         .bind(&quantities)
         .bind(&prices)
-        .execute(&mut *transaction)
+        .bind(event.event_id)
+        .bind(&event.payload)
+        .bind(&event.traceparent)
+        .fetch_optional(self.pool())
         .await?;
-
-        let order = load_one(&mut transaction, id)
-            .await?
-            .ok_or_else(|| StorageError::Corrupt(format!("order {id} not visible in its own transaction")))?;
-        record_version(&mut transaction, &order).await?;
-        outbox::enqueue(&mut transaction, &order, trace).await?;
-        transaction.commit().await?;
-        Ok(order)
+        match inserted {
+            Some(_) => Ok(order),
+            // The key was used before (possibly by a concurrent request that just committed).
+            None => self.order_of_key(new).await,
+        }
     }
 
     /// The order `new`'s client first created with `new`'s idempotency key, if `new` asks for the same
@@ -142,7 +167,12 @@ impl Storage {
         load(&mut connection, &ids).await
     }
 
-    /// Moves the order to `to`, checking `expected_version` and the state machine under the row lock.
+    /// Moves the order to `to`, checking `expected_version` and the state machine.
+    ///
+    /// Four round trips: in one transaction, an `UPDATE` that changes the row only if its status may
+    /// become `to` and its version is the expected one (PostgreSQL re-checks both on the latest row
+    /// after waiting for a concurrent change's lock, so changes of one order serialize), returning the
+    /// order; then its version and event. Only when nothing changed does a second read find out why.
     /// `trace` goes with the event.
     pub async fn update_status(
         &self,
@@ -151,53 +181,93 @@ impl Storage {
         expected_version: Option<i64>,
         trace: TraceParent,
     ) -> Result<StatusChange, UpdateError> {
-        let mut transaction = self.pool().begin().await?;
-        let row = sqlx::query("SELECT status, version FROM orders WHERE id = $1 FOR UPDATE")
-            .bind(id.get())
-            .fetch_optional(&mut *transaction)
-            .await?
-            .ok_or(UpdateError::NotFound(id))?;
-        let current = parse_status(row.try_get("status")?)?;
-        let version: i64 = row.try_get("version")?;
-        if let Some(expected) = expected_version
-            && expected != version
-        {
-            return Err(UpdateError::VersionMismatch {
-                id,
-                expected,
-                actual: version,
-            });
-        }
-        let changed = current.check_transition(to)?;
-        if changed {
-            sqlx::query(
-                "UPDATE orders SET status = $2, version = version + 1, updated_at = now() WHERE id = $1",
+        let from: Vec<&str> = OrderStatus::ALL
+            .into_iter()
+            .filter(|&status| status != to && status.can_become(to))
+            .map(OrderStatus::as_str)
+            .collect();
+        // A change of the order between the UPDATE and the read that explains it can make the update
+        // legal after all: try again, a bounded number of times.
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut transaction = self.pool().begin().await?;
+            let changed = sqlx::query(
+                "WITH changed AS (
+                     UPDATE orders SET status = $2, version = version + 1, updated_at = now()
+                     WHERE id = $1 AND status = ANY($3) AND ($4::bigint IS NULL OR version = $4)
+                     RETURNING id, client_id, status, currency_code, amount, version, created_at,
+                               updated_at)
+                 SELECT changed.*,
+                        ARRAY(SELECT sku_id FROM order_items WHERE order_id = changed.id
+                              ORDER BY position) AS skus,
+                        ARRAY(SELECT quantity FROM order_items WHERE order_id = changed.id
+                              ORDER BY position) AS quantities,
+                        ARRAY(SELECT price FROM order_items WHERE order_id = changed.id
+                              ORDER BY position) AS prices
+                 FROM changed",
             )
             .bind(id.get())
             .bind(to.as_str())
-            .execute(&mut *transaction)
+            .bind(&from)
+            .bind(expected_version)
+            .fetch_optional(&mut *transaction)
             .await?;
+            if let Some(row) = changed {
+                let mut order = order_of_row(&row)?;
+                order.items = items_of_row(&row, order.amount.currency())?;
+                record_change(&mut transaction, &order, trace).await?;
+                transaction.commit().await?;
+                return Ok(StatusChange { order, changed: true });
+            }
+            transaction.rollback().await?;
+
+            let mut connection = self.pool().acquire().await?;
+            let order = load_one(&mut connection, id.get())
+                .await?
+                .ok_or(UpdateError::NotFound(id))?;
+            if let Some(expected) = expected_version
+                && expected != order.version
+            {
+                return Err(UpdateError::VersionMismatch {
+                    id,
+                    expected,
+                    actual: order.version,
+                });
+            }
+            if !order.status.check_transition(to)? {
+                return Ok(StatusChange {
+                    order,
+                    changed: false,
+                });
+            }
         }
-        let order = load_one(&mut transaction, id.get())
-            .await?
-            .ok_or(UpdateError::NotFound(id))?;
-        if changed {
-            record_version(&mut transaction, &order).await?;
-            outbox::enqueue(&mut transaction, &order, trace).await?;
-        }
-        transaction.commit().await?;
-        Ok(StatusChange { order, changed })
+        Err(UpdateError::Contended(id))
     }
 }
 
-async fn record_version(connection: &mut PgConnection, order: &Order) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO order_versions (order_id, version, status, changed_at) VALUES ($1, $2, $3, $4)")
-        .bind(order.id.get())
-        .bind(order.version)
-        .bind(order.status.as_str())
-        .bind(order.updated_at)
-        .execute(connection)
-        .await?;
+/// How often [`Storage::update_status`] tries an update that a concurrent change keeps overtaking.
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// Writes `order`'s version and its event, made by the request `trace`: one statement.
+async fn record_change(
+    connection: &mut PgConnection,
+    order: &Order,
+    trace: TraceParent,
+) -> Result<(), StorageError> {
+    let event = NewEvent::of(order, trace);
+    sqlx::query(
+        "WITH version AS (
+             INSERT INTO order_versions (order_id, version, status, changed_at) VALUES ($1, $2, $3, $4))
+         INSERT INTO outbox (aggregate_id, event_id, payload, traceparent) VALUES ($1, $5, $6, $7)",
+    )
+    .bind(order.id.get())
+    .bind(order.version)
+    .bind(order.status.as_str())
+    .bind(order.updated_at)
+    .bind(event.event_id)
+    .bind(&event.payload)
+    .bind(&event.traceparent)
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
@@ -232,20 +302,9 @@ async fn load(connection: &mut PgConnection, ids: &[i64]) -> Result<Vec<Order>, 
     let mut currencies = HashMap::new();
     let mut orders = Vec::with_capacity(order_rows.len());
     for row in &order_rows {
-        let currency =
-            CurrencyCode::parse(row.try_get::<String, _>("currency_code")?.trim()).map_err(corrupt)?;
-        let id: i64 = row.try_get("id")?;
-        currencies.insert(id, currency.clone());
-        orders.push(Order {
-            id: OrderId::parse(id).map_err(corrupt)?,
-            client_id: row.try_get("client_id")?,
-            status: parse_status(row.try_get("status")?)?,
-            items: Vec::new(),
-            amount: Money::from_decimal(currency, row.try_get("amount")?).map_err(corrupt)?,
-            version: row.try_get("version")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        });
+        let order = order_of_row(row)?;
+        currencies.insert(order.id.get(), order.amount.currency().clone());
+        orders.push(order);
     }
     let mut items: HashMap<i64, Vec<OrderItem>> = HashMap::new();
     for row in &item_rows {
@@ -264,6 +323,40 @@ async fn load(connection: &mut PgConnection, ids: &[i64]) -> Result<Vec<Order>, 
         order.items = items.remove(&order.id.get()).unwrap_or_default();
     }
     Ok(orders)
+}
+
+/// An order's own columns (`id`, `client_id`, `status`, `currency_code`, `amount`, `version`,
+/// `created_at`, `updated_at`), without its items.
+fn order_of_row(row: &PgRow) -> Result<Order, StorageError> {
+    let currency = CurrencyCode::parse(row.try_get::<String, _>("currency_code")?.trim()).map_err(corrupt)?;
+    Ok(Order {
+        id: OrderId::parse(row.try_get("id")?).map_err(corrupt)?,
+        client_id: row.try_get("client_id")?,
+        status: parse_status(row.try_get("status")?)?,
+        items: Vec::new(),
+        amount: Money::from_decimal(currency, row.try_get("amount")?).map_err(corrupt)?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The items of a row with the arrays `skus`, `quantities` and `prices`, in position order.
+fn items_of_row(row: &PgRow, currency: &CurrencyCode) -> Result<Vec<OrderItem>, StorageError> {
+    let skus: Vec<i64> = row.try_get("skus")?;
+    let quantities: Vec<i32> = row.try_get("quantities")?;
+    let prices: Vec<Decimal> = row.try_get("prices")?;
+    skus.into_iter()
+        .zip(quantities)
+        .zip(prices)
+        .map(|((sku_id, quantity), price)| {
+            Ok(OrderItem {
+                sku_id,
+                quantity,
+                price: Money::from_decimal(currency.clone(), price).map_err(corrupt)?,
+            })
+        })
+        .collect()
 }
 
 fn parse_status(name: String) -> Result<OrderStatus, StorageError> {

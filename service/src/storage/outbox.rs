@@ -28,22 +28,26 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
 }
 
-/// Writes the event of `order`'s current version, made by the request `trace`, inside the caller's
-/// transaction.
-pub async fn enqueue(
-    connection: &mut PgConnection,
-    order: &Order,
-    trace: TraceParent,
-) -> Result<(), StorageError> {
-    let event = events::order_event(order, Uuid::now_v7());
-    sqlx::query("INSERT INTO outbox (aggregate_id, event_id, payload, traceparent) VALUES ($1, $2, $3, $4)")
-        .bind(order.id.get())
-        .bind(Uuid::parse_str(&event.event_id).map_err(|e| StorageError::Corrupt(e.to_string()))?)
-        .bind(event.encode_to_vec())
-        .bind(trace.to_string())
-        .execute(connection)
-        .await?;
-    Ok(())
+/// An event to write with the change it announces, in the change's statement or transaction.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    /// The encoded `orders.v1.OrderEvent`.
+    pub payload: Vec<u8>,
+    /// The W3C `traceparent` of the request that made the change.
+    pub traceparent: String,
+}
+
+impl NewEvent {
+    /// The event of `order`'s current version, made by the request `trace`.
+    pub fn of(order: &Order, trace: TraceParent) -> Self {
+        let event_id = Uuid::now_v7();
+        Self {
+            event_id,
+            payload: events::order_event(order, event_id).encode_to_vec(),
+            traceparent: trace.to_string(),
+        }
+    }
 }
 
 /// Opens a relay round: `None` when another relay holds the lock.

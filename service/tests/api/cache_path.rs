@@ -485,12 +485,11 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
     }
     updater.stop().await;
 
-    let sizes: Vec<usize> = writes.lock().unwrap().iter().map(Vec::len).collect();
-    assert_eq!(
-        sizes.iter().sum::<usize>(),
-        250,
-        "every event written once: {sizes:?}"
-    );
+    let writes = writes.lock().unwrap().clone();
+    let sizes: Vec<usize> = writes.iter().map(Vec::len).collect();
+    let written: std::collections::HashSet<i64> = writes.iter().flatten().copied().collect();
+    // At least once: a rebalance while the group forms can deliver some events twice.
+    assert_eq!(written.len(), 250, "every event written: {sizes:?}");
     assert!(
         sizes.iter().any(|&size| size >= WRITE_CHUNK),
         "a batch at least a chunk large (else this test shows nothing): {sizes:?}"
