@@ -165,7 +165,12 @@ async fn while_redis_does_not_answer_reads_stop_asking_it_and_use_it_again_when_
     stack.resume(Service::Redis).await.expect("resume redis");
 
     // Redis executes what reached it while it was paused as soon as it runs again.
-    let asked = mget_calls(&mut redis).await;
+    let asked = calls(&mut redis, "mget").await;
+    let leases = calls(&mut redis, "evalsha").await + calls(&mut redis, "eval").await;
+    assert_eq!(
+        leases, 0,
+        "a read whose lookup Redis did not answer asks it for no lease"
+    );
     assert!(
         asked >= 1,
         "the first read asked Redis (else this test shows nothing): {asked}"
@@ -206,15 +211,17 @@ async fn read_until_cached(app: &App, order_id: i64) -> pb::Order {
     }
 }
 
-/// `MGET`s Redis executed since its statistics were reset (the readers' lookups; nothing else sends it).
-async fn mget_calls(redis: &mut redis::aio::MultiplexedConnection) -> u32 {
+/// How often Redis executed `command` since its statistics were reset (`MGET`: the readers' lookups;
+/// `EVALSHA`: their leases and fills, nothing else sends them to an API-only service's Redis).
+async fn calls(redis: &mut redis::aio::MultiplexedConnection, command: &str) -> u32 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(redis)
         .await
         .expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_mget:calls="))
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().expect("a count"))
 }
