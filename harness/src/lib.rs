@@ -7,6 +7,7 @@ pub mod app;
 pub mod client;
 pub mod consistency;
 pub mod inspect;
+pub mod lag;
 pub mod node;
 pub mod stack;
 pub mod stats;

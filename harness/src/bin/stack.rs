@@ -1,4 +1,5 @@
-//! `stack up`: PostgreSQL, Redis and Kafka for people, until Ctrl-C.
+//! `stack up`: PostgreSQL, Redis and Kafka for people, until Ctrl-C. (`stack lag`: a consumer group's lag,
+//! for scripts.)
 //!
 //! Prints one `export NAME=value` line per endpoint, then `ready`, so a shell can
 //! `eval "$(… | sed '/^ready$/q')"` or a person can copy the lines; then waits for Ctrl-C or SIGTERM
@@ -27,6 +28,15 @@ enum Command {
         #[arg(long = "topic", default_value = "order-events:3", value_parser = parse_topic)]
         topics: Vec<TopicSpec>,
     },
+    /// Print how many messages of a topic a consumer group has not committed yet (0: it read them all).
+    Lag {
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long, default_value = "order-events")]
+        topic: String,
+    },
 }
 
 fn parse_topic(text: &str) -> Result<TopicSpec, String> {
@@ -46,7 +56,19 @@ fn parse_topic(text: &str) -> Result<TopicSpec, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Command::Up { kafka_nodes, topics } = Cli::parse().command;
+    let (kafka_nodes, topics) = match Cli::parse().command {
+        Command::Up { kafka_nodes, topics } => (kafka_nodes, topics),
+        Command::Lag {
+            brokers,
+            group,
+            topic,
+        } => {
+            let lag = tokio::task::spawn_blocking(move || harness::lag::group_lag(&brokers, &group, &topic))
+                .await??;
+            println!("{lag}");
+            return Ok(());
+        }
+    };
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let options = StackOptions {
         backend: None,
