@@ -20,6 +20,7 @@ use service::proto::orders::v1 as pb;
 use service::proto::orders::v1::order_service_client::OrderServiceClient;
 use service::startup::{Application, StartupError};
 use service::storage::{Storage, StorageError, outbox};
+use service::telemetry::ErrorChain;
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,7 @@ pub async fn own_stack() -> Stack {
     };
     Stack::start(options)
         .await
-        .unwrap_or_else(|e| panic!("the test stack did not start: {e}"))
+        .unwrap_or_else(|e| panic!("the test stack did not start: {}", ErrorChain(&e)))
 }
 
 /// The whole service, in a fresh environment on the shared stack.
@@ -81,7 +82,7 @@ pub async fn spawn_app() -> App {
     let env = Environment::fresh(shared_stack().await).await;
     env.spawn(&ALL)
         .await
-        .unwrap_or_else(|e| panic!("spawning the app: {e}"))
+        .unwrap_or_else(|e| panic!("spawning the app: {}", ErrorChain(&e)))
 }
 
 /// What one instance of the service needs of a stack.
@@ -128,7 +129,7 @@ impl Environment {
         let name = format!("t{}_{n}", std::process::id());
         let env = Self::new(stack, &name)
             .await
-            .unwrap_or_else(|e| panic!("a test environment: {e}"));
+            .unwrap_or_else(|e| panic!("a test environment: {}", ErrorChain(&e)));
         let first_id = (std::process::id() as i64 % 1000) * 1_000_000_000 + n * 1_000_000 + 1;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "ALTER SEQUENCE orders_id_seq RESTART WITH {first_id}"

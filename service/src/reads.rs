@@ -20,6 +20,7 @@ use crate::cache::{CacheError, Cached, CircuitBreaker, Lease, Miss, OrderCache, 
 use crate::domain::OrderId;
 use crate::proto::orders::v1 as pb;
 use crate::storage::{Storage, StorageError};
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 
 /// What the read path needs from a cache: [`OrderCache`]'s lookups, leases and fills. A seam, so that
@@ -172,7 +173,7 @@ impl<C: ReadThrough> OrderReader<C> {
             }
             Err(error) => {
                 self.breaker.failed();
-                tracing::debug!(%error, "cache unavailable; reading from the database");
+                tracing::debug!(error = %ErrorChain(&error), "cache unavailable; reading from the database");
                 metrics::cache_read("unavailable", ids.len());
                 None
             }
@@ -193,7 +194,7 @@ impl<C: ReadThrough> OrderReader<C> {
                 .collect(),
             Err(error) => {
                 self.breaker.failed();
-                tracing::debug!(%error, "no leases; the misses will not be filled");
+                tracing::debug!(error = %ErrorChain(&error), "no leases; the misses will not be filled");
                 HashMap::new()
             }
         }
@@ -221,7 +222,7 @@ impl<C: ReadThrough> OrderReader<C> {
             }
             Err(error) => {
                 self.breaker.failed();
-                tracing::debug!(%error, "could not fill the cache");
+                tracing::debug!(error = %ErrorChain(&error), "could not fill the cache");
             }
         }
     }

@@ -4,6 +4,7 @@
 //! flight, the relay finishes its round and flushes the producer, the updater stops reading and its
 //! consumer commits what was handled and leaves the group.
 
+use crate::telemetry::ErrorChain;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ pub fn on_signals() -> CancellationToken {
                     terminate.recv().await;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                    tracing::warn!(error = %ErrorChain(&error), "cannot listen for SIGTERM; only Ctrl-C stops the service");
                     std::future::pending::<()>().await;
                 }
             }

@@ -142,7 +142,7 @@ impl Application {
         tokio::spawn(async move {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             if let Err(error) = topics::ensure(&brokers, &names).await {
-                tracing::warn!(%error, "could not check the topics; the producer and consumer will retry");
+                tracing::warn!(error = %ErrorChain(&error), "could not check the topics; the producer and consumer will retry");
             }
         });
         Supervisor::new(shutdown)

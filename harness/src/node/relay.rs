@@ -10,6 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use service::events::EVENT_ID_HEADER;
 use service::storage::{Storage, StorageError, outbox};
+use service::telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 
 /// How often the relay looks at the outbox.
@@ -25,7 +26,7 @@ impl DeleteThenPublish {
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             if let Err(error) = self.round().await {
-                tracing::warn!(%error, "relay round failed");
+                tracing::warn!(error = %ErrorChain(&error), "relay round failed");
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -62,7 +63,7 @@ impl DeleteThenPublish {
                     });
                 }
                 Err((error, _)) => {
-                    tracing::warn!(%error, order_id = %event.order_id, "event lost: produce after commit failed")
+                    tracing::warn!(error = %ErrorChain(&error), order_id = %event.order_id, "event lost: produce after commit failed")
                 }
             }
         }

@@ -31,6 +31,7 @@ use crate::cache::{CacheError, OrderCache, WriteOutcome};
 use crate::config::Assignment;
 use crate::kafka::{ChannelConsumer, ConsumerError, Item, KafkaMessage};
 use crate::proto::orders::v1 as pb;
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::{TRACEPARENT, TraceId, TraceParent};
 
@@ -209,7 +210,7 @@ async fn write(
             Ok(outcomes) => return Some(outcomes),
             Err(error) => {
                 metrics::updater_redis_retry();
-                tracing::warn!(%error, events = orders.len(), "redis write failed; retrying the chunk");
+                tracing::warn!(error = %ErrorChain(&error), events = orders.len(), "redis write failed; retrying the chunk");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(backoff.next_delay()) => {}

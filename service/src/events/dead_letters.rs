@@ -24,6 +24,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::backoff::Backoff;
 use crate::kafka::UndecodableMessage;
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 
 /// Attempts in quick succession (with back-off) before a message is parked.
@@ -79,7 +80,7 @@ impl DeadLetters {
             topic = poison.topic(),
             partition = poison.partition(),
             offset = poison.offset(),
-            reason = %poison.deserialize_error(),
+            reason = %ErrorChain(poison.deserialize_error()),
             "dead-lettering an unusable event"
         );
         self.attempt(poison, 1, Duration::ZERO);
@@ -106,7 +107,7 @@ impl DeadLetters {
                 metrics::updater_events("dead_lettered", 1);
             }
             Err(error) if number < ATTEMPTS => {
-                tracing::warn!(%error, attempt = number, "dead-letter publish failed; retrying");
+                tracing::warn!(error = %ErrorChain(&error), attempt = number, "dead-letter publish failed; retrying");
                 self.attempt(poison, number + 1, retry_delay(number));
             }
             Err(error) => {
@@ -114,7 +115,7 @@ impl DeadLetters {
                     self.parked += 1;
                     metrics::updater_dead_letters_parked(self.parked);
                     tracing::error!(
-                        %error,
+                        error = %ErrorChain(&error),
                         topic = poison.topic(),
                         partition = poison.partition(),
                         offset = poison.offset(),
@@ -166,7 +167,11 @@ fn copy<'a>(topic: &'a str, poison: &'a UndecodableMessage) -> FutureRecord<'a, 
     for header in poison.headers().into_iter().flat_map(|headers| headers.iter()) {
         headers = headers.insert(header);
     }
-    let reason = format!("{} {}", poison.failed_part(), poison.deserialize_error());
+    let reason = format!(
+        "{} {}",
+        poison.failed_part(),
+        ErrorChain(poison.deserialize_error())
+    );
     let headers = headers
         .insert(Header {
             key: "source_topic",

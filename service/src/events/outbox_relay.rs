@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::events::EVENT_ID_HEADER;
 use crate::storage::{Storage, StorageError, outbox};
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::{TRACEPARENT, TraceParent};
 
@@ -40,8 +41,12 @@ const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 pub enum RelayError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("kafka did not acknowledge event {event_id}: {error}")]
-    Publish { event_id: uuid::Uuid, error: KafkaError },
+    #[error("kafka did not acknowledge event {event_id}")]
+    Publish {
+        event_id: uuid::Uuid,
+        #[source]
+        error: KafkaError,
+    },
 }
 
 pub struct OutboxRelay {
@@ -89,7 +94,7 @@ impl OutboxRelay {
                 }
                 Ok(Round::Published(_)) | Ok(Round::NotLeader) => backoff.reset(),
                 Err(error) => {
-                    tracing::warn!(%error, "outbox relay round failed; the events stay in the outbox");
+                    tracing::warn!(error = %ErrorChain(&error), "outbox relay round failed; the events stay in the outbox");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -101,14 +106,14 @@ impl OutboxRelay {
                 _ = shutdown.cancelled() => break,
                 woke = wait_for_notification(&mut listener, self.poll_interval) => {
                     if let Err(error) = woke {
-                        tracing::debug!(%error, "outbox listener lost; polling until it reconnects");
+                        tracing::debug!(error = %ErrorChain(&error), "outbox listener lost; polling until it reconnects");
                         listener = None;
                     }
                 }
             }
         }
         if let Err(error) = self.producer.flush(Duration::from_secs(10)) {
-            tracing::warn!(%error, "producer flush at shutdown failed");
+            tracing::warn!(error = %ErrorChain(&error), "producer flush at shutdown failed");
         }
         tracing::info!("outbox relay stopped");
     }

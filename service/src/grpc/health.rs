@@ -17,6 +17,7 @@ use tonic_health::server::HealthReporter;
 use crate::cache::OrderCache;
 use crate::proto::orders::v1::order_service_server::SERVICE_NAME;
 use crate::storage::{Storage, outbox};
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -35,7 +36,9 @@ impl HealthMonitor {
             .set("log_level", "3")
             .create()
             .map(std::sync::Arc::new)
-            .map_err(|error| tracing::warn!(%error, "health: cannot create a Kafka client"))
+            .map_err(
+                |error| tracing::warn!(error = %ErrorChain(&error), "health: cannot create a Kafka client"),
+            )
             .ok();
         loop {
             let postgres = self.storage.ping().await.is_ok();

@@ -35,9 +35,9 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("reflection service: {0}")]
+    #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("grpc server: {0}")]
+    #[error("the gRPC server failed")]
     Transport(#[from] tonic::transport::Error),
 }
 

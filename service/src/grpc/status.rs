@@ -4,6 +4,7 @@ use tonic::Status;
 
 use crate::domain::{NewOrderError, OrderIdError, StatusError};
 use crate::storage::{CreateError, StorageError, UpdateError};
+use crate::telemetry::ErrorChain;
 
 pub fn invalid_order_id(field: &str, error: OrderIdError) -> Status {
     Status::invalid_argument(format!("{field} {error}"))
@@ -20,11 +21,11 @@ pub fn invalid_new_order(error: NewOrderError) -> Status {
 pub fn storage(error: StorageError) -> Status {
     match error {
         StorageError::Unavailable(_) => {
-            tracing::warn!(%error, "database unavailable");
+            tracing::warn!(error = %ErrorChain(&error), "database unavailable");
             Status::unavailable("the database is unavailable; retry later")
         }
         other => {
-            tracing::error!(error = %other, "database error");
+            tracing::error!(error = %ErrorChain(&other), "database error");
             Status::internal("internal error")
         }
     }

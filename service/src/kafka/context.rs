@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::acknowledgement::Request;
 use super::delivery_buffer::DeliveryBuffer;
 use super::offsets::OffsetTracker;
+use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
 
 /// The consumer as the poll thread owns it.
@@ -78,7 +79,7 @@ impl PollState {
             return;
         }
         if let Err(error) = consumer.store_offsets(&partition_list(topic, &offsets)) {
-            warn!(topic, ?offsets, %error, "storing offsets failed");
+            warn!(topic, ?offsets, error = %ErrorChain(&error), "storing offsets failed");
         }
     }
 
@@ -138,7 +139,7 @@ impl<T: Send + 'static> ChannelContext<T> {
         } else {
             state.store_offsets(consumer, &self.topic);
             if let Err(error) = state.commit(consumer, &self.topic, Some(&partitions)) {
-                warn!(topic = %self.topic, ?partitions, %error, "commit on revoke failed");
+                warn!(topic = %self.topic, ?partitions, error = %ErrorChain(&error), "commit on revoke failed");
             }
             info!(topic = %self.topic, ?partitions, dropped, "partitions revoked");
         }
@@ -159,7 +160,7 @@ impl<T: Send + 'static> ChannelContext<T> {
             state.paused.remove(&partition);
         }
         if let Err(error) = consumer.resume(assigned) {
-            debug!(topic = %self.topic, %error, "resuming newly assigned partitions");
+            debug!(topic = %self.topic, error = %ErrorChain(&error), "resuming newly assigned partitions");
         }
         info!(topic = %self.topic, ?partitions, "partitions assigned");
         for &partition in &partitions {
@@ -190,7 +191,7 @@ impl<T: Send + 'static> ClientContext for ChannelContext<T> {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        warn!(target: "librdkafka", %error, reason, "client error");
+        warn!(target: "librdkafka", error = %ErrorChain(&error), reason, "client error");
     }
 
     /// librdkafka's statistics, every `statistics.interval.ms` when set: the lag of each partition this
@@ -220,7 +221,7 @@ impl<T: Send + 'static> ConsumerContext for ChannelContext<T> {
             Rebalance::Assign(assigned) => self.on_assign(consumer, assigned),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
-                warn!(topic = %self.topic, %error, "rebalance error: dropping the assignment");
+                warn!(topic = %self.topic, error = %ErrorChain(error), "rebalance error: dropping the assignment");
                 self.on_rebalance_error();
             }
         }
@@ -239,7 +240,7 @@ pub(crate) fn partition_list(topic: &str, offsets: &[(i32, i64)]) -> TopicPartit
     for &(partition, offset) in offsets {
         // Only fails for offsets librdkafka cannot represent; ours come from its own messages.
         if let Err(error) = list.add_partition_offset(topic, partition, Offset::Offset(offset)) {
-            warn!(topic, partition, offset, %error, "cannot list offset");
+            warn!(topic, partition, offset, error = %ErrorChain(&error), "cannot list offset");
         }
     }
     list

@@ -26,11 +26,11 @@ pub enum ConsumerError {
     },
 
     /// At construction: librdkafka refused the configuration or the subscription.
-    #[error("cannot create the Kafka consumer: {0}")]
+    #[error("cannot create the Kafka consumer")]
     Client(#[source] KafkaError),
 
     /// At construction: the operating system refused to start the poll thread.
-    #[error("cannot start the consumer's poll thread: {0}")]
+    #[error("cannot start the consumer's poll thread")]
     Thread(#[source] std::io::Error),
 
     /// A stream item: one message whose key or value did not deserialize. The stream goes on after it.
@@ -41,11 +41,11 @@ pub enum ConsumerError {
     Undecodable(Box<UndecodableMessage>),
 
     /// The last stream item: librdkafka reported a fatal error and the consumer stopped.
-    #[error("fatal Kafka consumer error: {0}")]
+    #[error("fatal Kafka consumer error")]
     Fatal(#[source] KafkaError),
 
     /// From `commit()` or `close()`: the broker did not accept the commit.
-    #[error("committing offsets failed: {0}")]
+    #[error("committing offsets failed")]
     Commit(#[source] KafkaError),
 
     /// From `commit()` or `close()`: the consumer has already stopped (closed, or ended by a fatal error).
@@ -94,10 +94,10 @@ pub enum DeserializeError {
     #[error("expected {expected} bytes, got {actual}")]
     Length { expected: usize, actual: usize },
 
-    #[error("invalid UTF-8: {0}")]
+    #[error("invalid UTF-8")]
     Utf8(#[from] std::str::Utf8Error),
 
-    #[error("invalid protobuf message: {0}")]
+    #[error("invalid protobuf message")]
     Protobuf(#[from] prost::DecodeError),
 
     /// For user-written deserializers.

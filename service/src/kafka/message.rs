@@ -219,12 +219,11 @@ impl fmt::Display for UndecodableMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cannot deserialize the {} of the message at topic {}, partition {}, offset {}: {}",
+            "cannot deserialize the {} of the message at topic {}, partition {}, offset {}",
             self.part,
             self.acknowledgement.topic(),
             self.origin.partition,
-            self.origin.offset,
-            self.source
+            self.origin.offset
         )
     }
 }

@@ -21,6 +21,7 @@
 //! logged and the loop goes on. A fatal error ends the loop: the stream's last item is
 //! [`ConsumerError::Fatal`].
 
+use crate::telemetry::ErrorChain;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -143,7 +144,9 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         if !to_pause.is_empty() {
             match self.consumer.pause(&partition_list(&self.topic, &to_pause)) {
                 Ok(()) => state.paused.extend(to_pause.iter().map(|(p, _)| *p)),
-                Err(error) => warn!(topic = %self.topic, %error, "pausing partitions failed"),
+                Err(error) => {
+                    warn!(topic = %self.topic, error = %ErrorChain(&error), "pausing partitions failed")
+                }
             }
         }
         if !to_resume.is_empty() {
@@ -153,7 +156,9 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                         state.paused.remove(partition);
                     }
                 }
-                Err(error) => warn!(topic = %self.topic, %error, "resuming partitions failed"),
+                Err(error) => {
+                    warn!(topic = %self.topic, error = %ErrorChain(&error), "resuming partitions failed")
+                }
             }
         }
     }
@@ -187,12 +192,12 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                 }
                 Some(Err(error)) => {
                     if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        warn!(topic = %self.topic, %error, ?code, reason, "fatal error");
+                        warn!(topic = %self.topic, error = %ErrorChain(&error), ?code, reason, "fatal error");
                         return Err(KafkaError::MessageConsumptionFatal(code));
                     }
                     // Transient: librdkafka reconnects and retries by itself. It reports the same error to
                     // the context's error callback too, which logs it at warn level; here it is detail.
-                    debug!(topic = %self.topic, %error, "Kafka error; librdkafka retries");
+                    debug!(topic = %self.topic, error = %ErrorChain(&error), "Kafka error; librdkafka retries");
                 }
             }
         }
@@ -279,7 +284,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             commit
         };
         if let Err(error) = &commit {
-            warn!(topic = %self.topic, %error, "final commit failed");
+            warn!(topic = %self.topic, error = %ErrorChain(error), "final commit failed");
         }
         let (last_words, reply) = match stop {
             Stop::Close(reply) => (None, Some(reply)),

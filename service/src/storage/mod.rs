@@ -18,14 +18,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The database could not be reached (or did not answer in time): worth retrying.
-    #[error("the database is unavailable: {0}")]
+    #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
-    #[error("database error: {0}")]
+    #[error("a database query failed")]
     Query(#[source] sqlx::Error),
     /// A row that breaks the domain's rules (it should be impossible: the schema's checks forbid it).
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    #[error("migration failed: {0}")]
+    #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
 }
 
