@@ -94,26 +94,7 @@ impl<W: UpdateCache> CacheUpdater<W> {
         assignment: Assignment,
         batch_size: usize,
     ) -> Result<EventConsumer, ConsumerError> {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            // For the lag metric (orders_updater_consumer_lag).
-            .set("statistics.interval.ms", "5000")
-            .set("log_level", "4");
-        if assignment == Assignment::Consumer {
-            config.set("group.protocol", "consumer");
-        } else {
-            config
-                .set("partition.assignment.strategy", assignment.name())
-                .set("session.timeout.ms", "10000")
-                .set("heartbeat.interval.ms", "1000");
-        }
-        ChannelConsumer::builder(config, topic)
+        ChannelConsumer::builder(consumer_config(brokers, group, assignment), topic)
             .consume_size(batch_size)
             .value_deserializer(OrderChanges)
             .build()
@@ -189,6 +170,31 @@ impl<W: UpdateCache> CacheUpdater<W> {
     }
 }
 
+/// The librdkafka settings of the updater's consumer (see [`CacheUpdater::consumer`]).
+fn consumer_config(brokers: &str, group: &str, assignment: Assignment) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        // For the lag metric (orders_updater_consumer_lag).
+        .set("statistics.interval.ms", "5000")
+        .set("log_level", "4");
+    if assignment == Assignment::Consumer {
+        // KIP-848: the broker assigns; the client-side strategy and timeouts are not allowed.
+        config.set("group.protocol", "consumer");
+    } else {
+        config
+            .set("partition.assignment.strategy", assignment.name())
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+    }
+    config
+}
+
 /// The trace id of the request that made the change, from the message's `traceparent` header.
 fn trace_id(event: &Event) -> Option<TraceId> {
     let header = event.headers()?.iter().find(|header| header.key == TRACEPARENT)?;
@@ -231,6 +237,30 @@ fn record(orders: &[pb::Order], outcomes: &[WriteOutcome]) {
             && let Ok(age) = now.duration_since(updated)
         {
             metrics::updater_event_age(age);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_consumer_protocol_is_chosen_only_when_asked_for_and_strategies_otherwise() {
+        let broker_side = consumer_config("b:9092", "g", Assignment::Consumer);
+        assert_eq!(broker_side.get("group.protocol"), Some("consumer"));
+        assert_eq!(broker_side.get("partition.assignment.strategy"), None);
+        for assignment in [
+            Assignment::CooperativeSticky,
+            Assignment::Range,
+            Assignment::Roundrobin,
+        ] {
+            let classic = consumer_config("b:9092", "g", assignment);
+            assert_eq!(classic.get("group.protocol"), None, "{assignment:?}");
+            assert_eq!(
+                classic.get("partition.assignment.strategy"),
+                Some(assignment.name())
+            );
         }
     }
 }
