@@ -97,6 +97,19 @@ mod tests {
             matches!(decode(Some(b"4:".to_vec())), Cached::Corrupt(_)),
             "version must match"
         );
+        let mut mislabelled = b"5:".to_vec();
+        mislabelled.extend(
+            encode(&pb::Order {
+                order_id: 7,
+                version: 3,
+                ..Default::default()
+            })[2..]
+                .iter(),
+        );
+        assert!(
+            matches!(decode(Some(mislabelled)), Cached::Corrupt(_)),
+            "a prefix that is not the order's version"
+        );
         assert!(
             matches!(decode(Some(b"0:".to_vec())), Cached::Corrupt(_)),
             "an order without an id (version 0 matches the empty order's)"

@@ -257,6 +257,22 @@ mod tests {
     }
 
     #[test]
+    fn after_a_rebalance_error_nothing_is_assigned_and_old_acknowledgements_store_nothing() {
+        // librdkafka unassigns everything after a rebalance error.
+        let mut tracker = OffsetTracker::default();
+        let e0 = tracker.assign(0);
+        let e1 = tracker.assign(1);
+        deliver_all(&mut tracker, 0, &[0]);
+        deliver_all(&mut tracker, 1, &[0]);
+        tracker.revoke_all();
+        tracker.handle(handled(0, 0, e0));
+        tracker.handle(handled(1, 0, e1));
+        assert_eq!(tracker.take_offsets_to_store(), vec![]);
+        assert_eq!(tracker.assigned().count(), 0);
+        assert!(tracker.deliver(0, 1).is_none(), "partition 0 is not assigned");
+    }
+
+    #[test]
     fn partitions_progress_independently_and_double_acks_are_harmless() {
         let mut tracker = OffsetTracker::default();
         let e0 = tracker.assign(0);
