@@ -66,6 +66,24 @@ enum Round {
     NotLeader,
 }
 
+/// What the relay does after a round that went through.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// A full batch: more may be waiting, so publish again at once.
+    Publish,
+    /// Caught up, or not the leader: wait for a commit's notification or the poll interval.
+    Wait,
+}
+
+impl Round {
+    fn next(&self, batch_size: i64) -> Next {
+        match *self {
+            Round::Published(count) if count as i64 == batch_size => Next::Publish,
+            Round::Published(_) | Round::NotLeader => Next::Wait,
+        }
+    }
+}
+
 impl OutboxRelay {
     pub fn new(storage: Storage, producer: FutureProducer, topic: String) -> Self {
         Self {
@@ -88,11 +106,12 @@ impl OutboxRelay {
                 listener = self.listen().await;
             }
             match self.publish_round().await {
-                Ok(Round::Published(count)) if count as i64 == self.batch_size => {
+                Ok(round) => {
                     backoff.reset();
-                    continue; // a backlog: go on at once
+                    if round.next(self.batch_size) == Next::Publish {
+                        continue;
+                    }
                 }
-                Ok(Round::Published(_)) | Ok(Round::NotLeader) => backoff.reset(),
                 Err(error) => {
                     tracing::warn!(error = %ErrorChain(&error), "outbox relay round failed; the events stay in the outbox");
                     tokio::select! {
@@ -304,6 +323,14 @@ mod tests {
             20,
             "events waiting in librdkafka"
         );
+    }
+
+    #[test]
+    fn only_a_full_batch_is_followed_at_once_by_another_round() {
+        assert_eq!(Round::Published(500).next(500), Next::Publish, "a backlog");
+        assert_eq!(Round::Published(499).next(500), Next::Wait, "caught up");
+        assert_eq!(Round::Published(0).next(500), Next::Wait, "nothing to do");
+        assert_eq!(Round::NotLeader.next(500), Next::Wait, "another relay publishes");
     }
 
     /// An event that finds librdkafka's queue full waits for room, but not for ever: after the queue
