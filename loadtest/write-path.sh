@@ -48,11 +48,17 @@ stop_service() {
 sql() { psql -qAtX "$DATABASE_URL" -c "$1"; }
 # Requests/s, p99 (ms) and the count of answers that were not OK, from ghz's JSON report.
 ghz_summary() {
-  python3 -c 'import json,sys; r=json.load(sys.stdin); bad=sum(v for k,v in r.get("statusCodeDistribution",{}).items() if k!="OK"); p99=[l["latency"] for l in r["latencyDistribution"] if l["percentage"]==99][0]/1e6; print(f"{r[\"rps\"]:.0f} {p99:.1f} {bad}")'
+  python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+bad = sum(n for code, n in r.get("statusCodeDistribution", {}).items() if code != "OK")
+p99 = [d["latency"] for d in r["latencyDistribution"] if d["percentage"] == 99][0] / 1e6
+rps = r["rps"]
+print(f"{rps:.0f} {p99:.1f} {bad}")'
 }
 
 echo "== pgbench (16 clients, ${seconds} s each)"
-sql "DROP DATABASE IF EXISTS pgbench" >/dev/null
+sql "DROP DATABASE IF EXISTS pgbench" >/dev/null 2>&1
 sql "CREATE DATABASE pgbench"
 pgbench_url="${DATABASE_URL%/*}/pgbench"
 pgbench -q -i -s 16 "$pgbench_url" >/dev/null 2>&1
@@ -74,7 +80,7 @@ created=$(sql "SELECT count(*) FROM orders")
 # Order ids start at 1 and ghz numbers requests from 0: request 0 (order 0) is refused as invalid.
 read -r update_rps update_p99 update_bad < <(ghz_call -n "$((created + 1))" \
   --call orders.v1.OrderService/UpdateOrderStatus \
-  -d '{"order_id": {{.RequestNumber}}, "status": "ORDER_STATUS_PAID"}' |
+  -d '{"order_id": "{{.RequestNumber}}", "status": "ORDER_STATUS_PAID"}' |
   ghz_summary)
 stop_service
 echo "CreateOrder:            $create_rps requests/s, p99 $create_p99 ms, $create_bad not OK"

@@ -304,6 +304,16 @@ mod tests {
     }
 
     #[test]
+    fn the_last_offset_delivered_again_is_a_move_back() {
+        let mut tracker = OffsetTracker::default();
+        let first = tracker.assign(0);
+        deliver_all(&mut tracker, 0, &[7]);
+        let second = tracker.deliver(0, 7).unwrap_or_default();
+        assert_ne!(first, second, "7 again: librdkafka went back to it");
+        assert_eq!(tracker.deliver(0, 8), Some(second), "8 follows in the same epoch");
+    }
+
+    #[test]
     fn commits_only_what_changed() {
         let mut tracker = OffsetTracker::default();
         let e0 = tracker.assign(0);
