@@ -126,6 +126,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_requests: u32,
 
+    /// How often the outbox relay looks for events when no commit notified it, in milliseconds (a
+    /// commit wakes it at once through `LISTEN`; the poll is the fallback).
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub outbox_poll_ms: u64,
+
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,

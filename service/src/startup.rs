@@ -182,7 +182,8 @@ impl Application {
             self.storage.clone(),
             topics::producer(&self.settings.kafka_brokers)?,
             self.settings.orders_topic.clone(),
-        ))
+        )
+        .poll_interval(Duration::from_millis(self.settings.outbox_poll_ms)))
     }
 
     /// The cache updater, writing through `cache`.

@@ -33,6 +33,8 @@ use crate::telemetry::trace_context::{TRACEPARENT, TraceParent};
 
 const NOTIFY_CHANNEL: &str = "order_outbox";
 /// How long an event may wait for room in librdkafka's queue before the round fails.
+/// The default of [`OutboxRelay::poll_interval`] (`OUTBOX_POLL_MS`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait before trying a full queue again.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
@@ -91,9 +93,16 @@ impl OutboxRelay {
             producer,
             topic,
             batch_size: 500,
-            poll_interval: Duration::from_millis(500),
+            poll_interval: DEFAULT_POLL_INTERVAL,
             queue_timeout: QUEUE_TIMEOUT,
         }
+    }
+
+    /// How long the relay waits between rounds when no commit's notification woke it (a notification
+    /// lost with the listener's connection is found at the next poll).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
     }
 
     /// Publishes until `shutdown`; then flushes the producer. A round in flight when shutdown comes is

@@ -35,6 +35,27 @@ async fn an_idle_relay_waits_between_rounds_instead_of_spinning() {
     app.stop().await.expect("a clean stop");
 }
 
+/// A commit wakes the relay through `LISTEN`/`NOTIFY`: with its fallback poll set to an hour, an event
+/// is still published at once. (Without the listener it would wait for the poll.)
+#[tokio::test]
+async fn a_commit_wakes_the_relay_without_waiting_for_its_poll() {
+    let mut env = Environment::fresh(shared_stack().await).await;
+    env.settings.outbox_poll_ms = 3_600_000;
+    let app = env
+        .spawn(&[Component::Api, Component::Relay])
+        .await
+        .expect("the service starts");
+    // The relay's first round, at start, finds nothing; then it waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.create_order().await;
+    assert_eq!(
+        env.wait_for_empty_outbox(Duration::from_secs(20)).await,
+        0,
+        "the commit's notification woke the relay"
+    );
+    app.stop().await.expect("a clean stop");
+}
+
 /// Transactions committed or rolled back in the environment's database, as PostgreSQL counts them
 /// (each backend reports its counts at the latest a second after its last report).
 async fn transactions(env: &Environment) -> i64 {
