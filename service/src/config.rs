@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::events::outbox_relay::DEFAULT_POLL_INTERVAL;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "orders-service",
@@ -128,7 +130,7 @@ pub struct Settings {
 
     /// How often the outbox relay looks for events when no commit notified it, in milliseconds (a
     /// commit wakes it at once through `LISTEN`; the poll is the fallback).
-    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub outbox_poll_ms: u64,
 
     /// Connections in the PostgreSQL pool.

@@ -33,7 +33,7 @@ use crate::kafka::{ChannelConsumer, ConsumerError, Item, KafkaMessage};
 use crate::proto::orders::v1 as pb;
 use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
-use crate::telemetry::trace_context::{TRACEPARENT, TraceId, TraceParent};
+use crate::telemetry::trace_context::{TRACEPARENT, TraceId, trace_id_of};
 
 /// How long the updater waits to fill a batch (the seed's 10 ms).
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
@@ -198,8 +198,7 @@ fn consumer_config(brokers: &str, group: &str, assignment: Assignment) -> Client
 /// The trace id of the request that made the change, from the message's `traceparent` header.
 fn trace_id(event: &Event) -> Option<TraceId> {
     let header = event.headers()?.iter().find(|header| header.key == TRACEPARENT)?;
-    let value = std::str::from_utf8(header.value?).ok()?;
-    Some(TraceParent::parse(value).ok()?.trace_id())
+    trace_id_of(header.value?)
 }
 
 /// Writes `orders` (one chunk) to `cache`, retrying with back-off until Redis answers; `None` if

@@ -29,7 +29,7 @@ use crate::events::EVENT_ID_HEADER;
 use crate::storage::{Storage, StorageError, outbox};
 use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
-use crate::telemetry::trace_context::{TRACEPARENT, TraceParent};
+use crate::telemetry::trace_context::{TRACEPARENT, trace_id_of};
 
 const NOTIFY_CHANNEL: &str = "order_outbox";
 /// How long an event may wait for room in librdkafka's queue before the round fails.
@@ -170,7 +170,11 @@ impl OutboxRelay {
             tracing::debug!(
                 order_id = %event.order_id,
                 event_id = %event.event_id,
-                trace_id = event.traceparent.as_deref().and_then(|t| TraceParent::parse(t).ok()).map(|t| tracing::field::display(t.trace_id())),
+                trace_id = event
+                    .traceparent
+                    .as_deref()
+                    .and_then(|value| trace_id_of(value.as_bytes()))
+                    .map(tracing::field::display),
                 "published"
             );
         }

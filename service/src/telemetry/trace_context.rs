@@ -98,6 +98,13 @@ impl TraceParent {
     }
 }
 
+/// The trace id of a `traceparent` header's value (the bytes of a Kafka header, a stored column), if it
+/// parses: for logs.
+pub fn trace_id_of(value: &[u8]) -> Option<TraceId> {
+    let value = std::str::from_utf8(value).ok()?;
+    Some(TraceParent::parse(value).ok()?.trace_id())
+}
+
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
