@@ -448,10 +448,13 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
         .spawn(&[Component::Api, Component::Relay])
         .await
         .expect("the service starts");
-    // A backlog first, so that the updater's consumer hands it over in batches of up to 1,000.
-    let mut last = None;
-    for _ in 0..250 {
-        last = Some(app.create_order().await);
+    // A backlog first, so that the updater's consumer hands it over in batches of up to 1,000. A fetch
+    // can bring one partition's backlog alone (a CI run's first batch was 78 events): 450 orders over
+    // the 3 partitions put about 150 in each, more than a chunk wherever a batch ends.
+    const ORDERS: usize = 450;
+    let mut created = std::collections::HashSet::new();
+    for _ in 0..ORDERS {
+        created.insert(app.create_order().await.order_id);
     }
     assert_eq!(
         env.wait_for_empty_outbox(DEADLINE).await,
@@ -468,18 +471,19 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
         &env,
         CacheUpdater::new(cache, producer(&env), settings.dead_letter_topic(), 1000),
     );
-    let last = last.expect("orders created");
+    // Every order, not the last one created: the events are spread over the topic's partitions, and
+    // one partition's last event can be written while another's backlog is still on its way.
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !writes
-        .lock()
-        .unwrap()
-        .iter()
-        .flatten()
-        .any(|&id| id == last.order_id)
-    {
+    loop {
+        let written: std::collections::HashSet<i64> =
+            writes.lock().unwrap().iter().flatten().copied().collect();
+        if created.is_subset(&written) {
+            break;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the updater reached the last event"
+            "the updater wrote {} of the {ORDERS} orders",
+            created.intersection(&written).count()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -487,14 +491,11 @@ async fn the_updater_writes_a_large_batch_to_redis_in_chunks() {
 
     let writes = writes.lock().unwrap().clone();
     let sizes: Vec<usize> = writes.iter().map(Vec::len).collect();
-    let written: std::collections::HashSet<i64> = writes.iter().flatten().copied().collect();
-    // At least once: a rebalance while the group forms can deliver some events twice.
-    assert_eq!(written.len(), 250, "every event written: {sizes:?}");
     assert!(
         sizes.iter().any(|&size| size >= WRITE_CHUNK),
         "a batch at least a chunk large (else this test shows nothing): {sizes:?}"
     );
-    // With the batch written in one pipeline, this fails with [250].
+    // With each batch written in one pipeline, this fails with [450] (or one size per batch).
     assert!(
         sizes.iter().all(|&size| size <= WRITE_CHUNK),
         "no pipeline larger than a chunk: {sizes:?}"
