@@ -3,15 +3,23 @@
 //! Migrations are embedded in the binary (`service/migrations`) and applied at start-up; sqlx takes an
 //! advisory lock while it migrates, so several instances starting at once are safe.
 
+mod order_ids;
 mod orders;
 pub mod outbox;
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 
+pub use order_ids::BLOCK as ORDER_ID_BLOCK;
 pub use orders::{CreateError, StatusChange, UpdateError};
+
+/// How long a pooled connection may sit idle and still be handed out without a ping first. A connection
+/// the server closed meanwhile (a restart, `idle_session_timeout`) is found by the ping and replaced; one
+/// that breaks within this window fails its query, as it would between a ping and the query anyway.
+/// HikariCP's `aliveBypassWindowMs` is the same idea (500 ms there).
+pub const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -56,17 +64,33 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 #[derive(Clone, Debug)]
 pub struct Storage {
     pool: PgPool,
+    order_ids: std::sync::Arc<order_ids::OrderIds>,
 }
 
 impl Storage {
     /// A lazily connecting pool: the service starts (and reports itself not ready) while the database is
     /// down, and callers get `Unavailable` within `acquire_timeout` instead of hanging.
+    ///
+    /// A connection idle for longer than [`PING_AFTER_IDLE`] is pinged before it is handed out; one in
+    /// steady use is not (sqlx's default pings on every acquire: a round trip per query).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > PING_AFTER_IDLE {
+                        connection.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy(url)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            order_ids: Default::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StorageError> {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{SubsecRound, Utc};
 use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
@@ -66,13 +66,14 @@ impl Storage {
     /// returns the order first created with it if the request is the same (a retry), and refuses it if
     /// the request differs (the key reused for another order). `trace` goes with the event.
     ///
-    /// Two round trips, no transaction to open or commit: the id and the time first, then one
-    /// statement that writes the order, its items, its first version and its event (a statement is
-    /// atomic on its own). The event is encoded here, so its id and time must be known before.
+    /// One round trip, no transaction to open or commit: one statement writes the order, its items, its
+    /// first version and its event (a statement is atomic on its own). The event is encoded here, so its
+    /// id and time are known before: the id from a block taken from the sequence ([`super::order_ids`]),
+    /// the time from this process's clock (only versions order an order's changes, never times).
     pub async fn create_order(&self, new: &NewOrder, trace: TraceParent) -> Result<Order, CreateError> {
-        let (id, now): (i64, DateTime<Utc>) = sqlx::query_as("SELECT nextval('orders_id_seq'), now()")
-            .fetch_one(self.pool())
-            .await?;
+        let id = self.order_ids.next(self.pool()).await?;
+        // PostgreSQL keeps microseconds: the order answered is the order stored.
+        let now = Utc::now().trunc_subsecs(6);
         let order = Order {
             id: OrderId::parse(id).map_err(corrupt)?,
             client_id: new.client_id,

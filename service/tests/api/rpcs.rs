@@ -26,6 +26,41 @@ async fn create_order_computes_the_amount_and_starts_at_version_1() {
     app.stop().await.expect("a clean stop");
 }
 
+/// Ids come from the sequence a block at a time (`storage::order_ids`): two instances creating at once
+/// never hand out the same id, and more orders than one block take a second.
+#[tokio::test]
+async fn two_instances_creating_at_once_give_every_order_its_own_id() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let first = env.spawn(&[Component::Api]).await.expect("instance 1");
+    let second = env.spawn(&[Component::Api]).await.expect("instance 2");
+    let per_instance = 3 * service::storage::ORDER_ID_BLOCK as usize / 2;
+    let create_many = |app: &harness::app::App| {
+        let api = app.api.clone();
+        async move {
+            let mut orders = Vec::new();
+            for _ in 0..per_instance {
+                orders.push(api.create(42).await.expect("CreateOrder"));
+            }
+            orders
+        }
+    };
+    let (mut orders, more) = tokio::join!(create_many(&first), create_many(&second));
+    orders.extend(more);
+    let ids: std::collections::HashSet<i64> = orders.iter().map(|order| order.order_id).collect();
+    assert_eq!(ids.len(), 2 * per_instance, "every order its own id");
+    // The order answered is the order stored, its times included (the database keeps microseconds).
+    let created = &orders[orders.len() - 1];
+    let stored = first
+        .api
+        .get_order(created.order_id, 0)
+        .await
+        .expect("GetOrder")
+        .order;
+    assert_eq!(stored.as_ref(), Some(created));
+    first.stop().await.expect("a clean stop");
+    second.stop().await.expect("a clean stop");
+}
+
 #[tokio::test]
 async fn a_retry_with_the_same_idempotency_key_returns_the_first_order() {
     let app = spawn_app().await;
