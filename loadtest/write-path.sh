@@ -2,7 +2,9 @@
 # The write path against the database's own limit, in one run, on a fresh local stack (loopback only,
 # every step bounded in time). Installs what is missing (ci/setup.sh; ghz with `go install`).
 #
-#   1. pgbench on the stack's PostgreSQL: TPC-B-like, then its simple-update mode (16 clients, 20 s each)
+#   1. pgbench on the stack's PostgreSQL: TPC-B-like, then its simple-update mode, then CreateOrder's own
+#      statement (loadtest/pgbench/create-order.sql), with and without the outbox's NOTIFY trigger
+#      (16 clients, 20 s each)
 #   2. ghz CreateOrder against orders-service running the API alone (release build): 16 connections,
 #      16 concurrent calls, 20 s
 #   3. ghz UpdateOrderStatus: CREATED -> PAID of every order step 2 created, same load
@@ -10,7 +12,8 @@
 #   5. the cache updater alone, a new consumer group reading the whole topic (events/s until its lag
 #      is zero, process start and group join included)
 #
-# Prints each rate, and the API's against pgbench's TPC-B-like rate. Usage: bash loadtest/write-path.sh
+# Prints each rate, the API's against pgbench's TPC-B-like rate, and for each timed step the cores busy
+# (of 2 here): the service's, ghz's, and the rest (PostgreSQL, mostly). Usage: bash loadtest/write-path.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash ci/setup.sh
@@ -20,6 +23,8 @@ export PATH="$gobin:$PATH"
 cargo build --release -q -p harness --bin stack -p service --bin orders-service
 bin="${CARGO_TARGET_DIR:-target}/release"
 seconds="${WRITE_PATH_SECONDS:-20}"
+cores=$(nproc)
+report_dir=$(mktemp -d)
 
 # shellcheck source=ci/stack.sh
 source ci/stack.sh
@@ -30,6 +35,7 @@ service_pid=
 stop_all() {
   [ -n "$service_pid" ] && { kill -TERM "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; }
   stop_stack
+  rm -rf "$report_dir"
 }
 trap stop_all EXIT
 
@@ -46,7 +52,22 @@ stop_service() {
   service_pid=
 }
 sql() { psql -qAtX "$DATABASE_URL" -c "$1"; }
-# Requests/s, p99 (ms) and the count of answers that were not OK, from ghz's JSON report.
+# CPU ticks (1/100 s) of process $1, and of the whole machine: busy and total.
+process_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+# Runs a command and prints the cores it kept busy ("cores busy: <machine>"), in $1 a label.
+with_cores() {
+  local label=$1 busy0 total0 busy1 total1
+  shift
+  read -r busy0 total0 < <(machine_ticks)
+  "$@"
+  read -r busy1 total1 < <(machine_ticks)
+  python3 -c 'import sys; label, cores, b0, t0, b1, t1 = sys.argv[1], *map(int, sys.argv[2:])
+print(f"  {label}: {cores * (b1 - b0) / (t1 - t0):.2f} of {cores} cores busy")' \
+    "$label" "$cores" "$busy0" "$total0" "$busy1" "$total1" >&2
+}
+# Requests/s, p99 (ms), the count of answers that were not OK, and the errors ghz saw, from ghz's JSON
+# report.
 ghz_summary() {
   python3 -c '
 import json, sys
@@ -54,7 +75,30 @@ r = json.load(sys.stdin)
 bad = sum(n for code, n in r.get("statusCodeDistribution", {}).items() if code != "OK")
 p99 = [d["latency"] for d in r["latencyDistribution"] if d["percentage"] == 99][0] / 1e6
 rps = r["rps"]
-print(f"{rps:.0f} {p99:.1f} {bad}")'
+errors = "; ".join(f"{n}x {e}" for e, n in r.get("errorDistribution", {}).items()) or "none"
+print(f"{rps:.0f} {p99:.1f} {bad} {errors}")'
+}
+# ghz against the service, with the cores the service, ghz and the rest of the machine kept busy.
+ghz_call() {
+  local busy0 total0 busy1 total1 service0 service1 report=$1
+  shift
+  read -r busy0 total0 < <(machine_ticks)
+  service0=$(process_ticks "$service_pid")
+  /usr/bin/time -f "%U %S" -o "$report.time" \
+    ghz --insecure --connections 16 --concurrency 16 --format json "$@" "$GRPC_ADDR" >"$report"
+  read -r busy1 total1 < <(machine_ticks)
+  service1=$(process_ticks "$service_pid")
+  python3 - "$cores" "$report.time" "$busy0" "$total0" "$busy1" "$total1" "$service0" "$service1" <<'PY' >"$report.cores"
+import sys
+cores = int(sys.argv[1])
+user, system = map(float, open(sys.argv[2]).read().split())
+busy0, total0, busy1, total1, service0, service1 = map(float, sys.argv[3:])
+seconds = (total1 - total0) / 100 / cores
+busy = (busy1 - busy0) / 100 / seconds
+service = (service1 - service0) / 100 / seconds
+ghz = (user + system) / seconds
+print(f"cores busy {busy:.2f}: service {service:.2f}, ghz {ghz:.2f}, rest {busy - service - ghz:.2f}")
+PY
 }
 
 echo "== pgbench (16 clients, ${seconds} s each)"
@@ -62,29 +106,39 @@ sql "DROP DATABASE IF EXISTS pgbench" >/dev/null 2>&1
 sql "CREATE DATABASE pgbench"
 pgbench_url="${DATABASE_URL%/*}/pgbench"
 pgbench -q -i -s 16 "$pgbench_url" >/dev/null 2>&1
-tpcb=$(pgbench -n -c 16 -j 2 -T "$seconds" "$pgbench_url" | awk '/^tps/ {print int($3)}')
-simple=$(pgbench -n -N -c 16 -j 2 -T "$seconds" "$pgbench_url" | awk '/^tps/ {print int($3)}')
-echo "pgbench TPC-B-like:     $tpcb transactions/s"
-echo "pgbench simple-update:  $simple transactions/s"
-
-echo "== ghz against the API alone"
+tps() { awk '/^tps/ {print int($3)}'; }
+tpcb=$(with_cores "TPC-B-like" pgbench -n -c 16 -j 2 -T "$seconds" "$pgbench_url" | tps)
+simple=$(with_cores "simple-update" pgbench -n -N -c 16 -j 2 -T "$seconds" "$pgbench_url" | tps)
+# CreateOrder's statement on the service's own schema (the service migrates it at start), then the
+# tables emptied again and the ids restarted: the steps below count from order 1.
 start_service api
-ghz_call() {
-  ghz --insecure --connections 16 --concurrency 16 --format json "$@" "$GRPC_ADDR"
-}
-read -r create_rps create_p99 create_bad < <(ghz_call -z "${seconds}s" \
-  --call orders.v1.OrderService/CreateOrder \
-  -d '{"client_id": 1, "idempotency_key": "{{newUUID}}", "items": [{"sku_id": 10, "quantity": 2, "price": {"currency_code": "EUR", "units": 5}}]}' |
-  ghz_summary)
+create_sql=loadtest/pgbench/create-order.sql
+create_statement=$(with_cores "CreateOrder's statement" \
+  pgbench -n -M prepared -c 16 -j 2 -T "$seconds" -f "$create_sql" "$DATABASE_URL" | tps)
+sql "DROP TRIGGER outbox_notify ON outbox"
+create_no_notify=$(with_cores "the same, no NOTIFY trigger" \
+  pgbench -n -M prepared -c 16 -j 2 -T "$seconds" -f "$create_sql" "$DATABASE_URL" | tps)
+sql "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+sql "TRUNCATE outbox, order_versions, order_items, orders; ALTER SEQUENCE orders_id_seq RESTART"
+echo "pgbench TPC-B-like:                    $tpcb transactions/s"
+echo "pgbench simple-update:                 $simple transactions/s"
+echo "pgbench CreateOrder's statement:       $create_statement transactions/s"
+echo "  the same without the NOTIFY trigger: $create_no_notify transactions/s"
+
+echo "== ghz against the API alone (16 connections, 16 calls in flight)"
+ghz_call "$report_dir/create.json" -z "${seconds}s" --call orders.v1.OrderService/CreateOrder \
+  -d '{"client_id": 1, "idempotency_key": "{{newUUID}}", "items": [{"sku_id": 10, "quantity": 2, "price": {"currency_code": "EUR", "units": 5}}]}'
+read -r create_rps create_p99 create_bad create_errors < <(ghz_summary <"$report_dir/create.json")
 created=$(sql "SELECT count(*) FROM orders")
 # Order ids start at 1 and ghz numbers requests from 0: request 0 (order 0) is refused as invalid.
-read -r update_rps update_p99 update_bad < <(ghz_call -n "$((created + 1))" \
-  --call orders.v1.OrderService/UpdateOrderStatus \
-  -d '{"order_id": "{{.RequestNumber}}", "status": "ORDER_STATUS_PAID"}' |
-  ghz_summary)
+ghz_call "$report_dir/update.json" -n "$((created + 1))" --call orders.v1.OrderService/UpdateOrderStatus \
+  -d '{"order_id": "{{.RequestNumber}}", "status": "ORDER_STATUS_PAID"}'
+read -r update_rps update_p99 update_bad update_errors < <(ghz_summary <"$report_dir/update.json")
 stop_service
-echo "CreateOrder:            $create_rps requests/s, p99 $create_p99 ms, $create_bad not OK"
-echo "UpdateOrderStatus:      $update_rps requests/s, p99 $update_p99 ms, $update_bad not OK (1: order 0)"
+echo "CreateOrder:            $create_rps requests/s, p99 $create_p99 ms, $create_bad not OK: $create_errors"
+echo "  $(cat "$report_dir/create.json.cores")"
+echo "UpdateOrderStatus:      $update_rps requests/s, p99 $update_p99 ms, $update_bad not OK (1: order 0): $update_errors"
+echo "  $(cat "$report_dir/update.json.cores")"
 
 echo "== the relay alone, draining the outbox"
 backlog=$(sql "SELECT count(*) FROM outbox")
@@ -107,7 +161,13 @@ applied=$(date +%s.%N)
 stop_service
 updater_rate=$(python3 -c "print(f'{$total / ($applied - $started):.0f}')")
 echo "updater:                $total events in $(python3 -c "print(f'{$applied - $started:.1f}')") s: $updater_rate events/s (process start and group join included)"
+# Ground truth that the updater did the work: every order in Redis at the version of its last event.
+cached=$(redis-cli -u "$REDIS_URL" --scan --pattern 'order:*' | wc -l)
+orders=$(sql "SELECT count(*) FROM orders")
+echo "  orders cached: $cached of $orders"
+[ "$cached" -eq "$orders" ] || { echo "write-path: the updater left orders uncached" >&2; exit 1; }
 
 echo "== ratios (same run)"
 python3 -c "print(f'CreateOrder / pgbench TPC-B-like:       {$create_rps / $tpcb:.2f}')"
 python3 -c "print(f'UpdateOrderStatus / pgbench TPC-B-like: {$update_rps / $tpcb:.2f}')"
+python3 -c "print(f'CreateOrder / its statement in pgbench: {$create_rps / $create_statement:.2f}')"

@@ -46,6 +46,18 @@ impl Rpc {
             Self::CreateOrder => "CreateOrder",
         }
     }
+
+    /// The name a call the service shed (`RESOURCE_EXHAUSTED`) is recorded under: its own row in goose's
+    /// report, so that the latencies of the calls served are not averaged with the quick refusals.
+    pub fn shed_name(self) -> &'static str {
+        match self {
+            Self::GetOrderWarm => "GetOrder (warm), shed",
+            Self::GetOrderCold => "GetOrder (cold), shed",
+            Self::GetOrders => "GetOrders, shed",
+            Self::UpdateOrderStatus => "UpdateOrderStatus, shed",
+            Self::CreateOrder => "CreateOrder, shed",
+        }
+    }
 }
 
 /// The `on_start` transaction of every scenario: connects to goose's `--host`.
@@ -67,6 +79,10 @@ pub fn client(user: &GooseUser) -> Result<OrderServiceClient<Channel>, Box<Trans
 /// Times `call`, records it as `rpc`, and hands back its answer (a failed call is recorded as a
 /// failed request and returned, not turned into a transaction error: goose would count it twice).
 ///
+/// A refusal that asks for a pause (`grpc-retry-pushback-ms`, as the service's admission control sends
+/// with `RESOURCE_EXHAUSTED`) is honoured before the answer is handed back, as gRPC's retry policy
+/// would: the user's next call waits for it.
+///
 /// With goose's `--throttle-requests`, the call first waits for a token of goose's throttle, as goose's
 /// own HTTP requests do (goose applies it to those only; custom requests would bypass it). When the run
 /// ends the throttle closes, and the call is cancelled the way goose cancels its own: no error.
@@ -86,10 +102,29 @@ pub async fn timed<T>(
     let started = Instant::now();
     let answer = call.await.map(tonic::Response::into_inner);
     record(user, rpc, started.elapsed(), &answer).await?;
+    if let Err(status) = &answer
+        && let Some(pause) = pushback(status)
+    {
+        tokio::time::sleep(pause).await;
+    }
     Ok(answer)
 }
 
-/// Records one finished call; success is the gRPC status `OK`.
+/// The pause a refusal asks for, if any (`grpc-retry-pushback-ms`; a negative or malformed value means
+/// "do not retry" in gRFC A6, taken here as no pause: goose users do not stop).
+fn pushback(status: &tonic::Status) -> Option<Duration> {
+    let millis = status
+        .metadata()
+        .get(service::grpc::admission::RETRY_PUSHBACK_KEY)?
+        .to_str()
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_millis(millis))
+}
+
+/// Records one finished call; success is the gRPC status `OK`. A shed call goes under
+/// [`Rpc::shed_name`].
 pub async fn record<T>(
     user: &mut GooseUser,
     rpc: Rpc,
@@ -104,9 +139,14 @@ pub async fn record<T>(
             Some(format!("{:?}: {}", status.code(), status.message())),
         ),
     };
+    let name = if code == tonic::Code::ResourceExhausted {
+        rpc.shed_name()
+    } else {
+        rpc.name()
+    };
     user.record_custom_request_duration(
         METHOD,
-        rpc.name(),
+        name,
         elapsed,
         success,
         Some(code as u16),
@@ -118,4 +158,30 @@ pub async fn record<T>(
 /// A transaction error from anything displayable.
 pub fn failure(error: impl std::fmt::Display) -> Box<TransactionError> {
     Box::new(TransactionError::Custom(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(pushback: &str) -> tonic::Status {
+        let mut status = tonic::Status::resource_exhausted("busy");
+        status.metadata_mut().insert(
+            service::grpc::admission::RETRY_PUSHBACK_KEY,
+            pushback.parse().expect("ascii"),
+        );
+        status
+    }
+
+    #[test]
+    fn a_refusal_with_a_pushback_asks_for_that_pause() {
+        assert_eq!(pushback(&refusal("250")), Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn no_pushback_or_a_malformed_one_asks_for_no_pause() {
+        assert_eq!(pushback(&tonic::Status::resource_exhausted("busy")), None);
+        assert_eq!(pushback(&refusal("-1")), None);
+        assert_eq!(pushback(&refusal("soon")), None);
+    }
 }

@@ -21,6 +21,17 @@ use crate::telemetry::metrics;
 /// server at capacity (calls take milliseconds), short enough that a refused client retries soon.
 pub const QUEUE_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a refused client is asked to wait before it tries again: the `grpc-retry-pushback-ms`
+/// metadata of the refusal, which gRPC's retry policy honours (gRFC A6) and so does the project's load
+/// test. Refusals are cheap but not free, and an overloaded server has no CPU to spare: with 1,024 goose
+/// users on a server that saturates at 16 (`bash loadtest/overload.sh`, 2 cores), users retrying at once
+/// were served 1,228 creates/s, with a 100 ms pause 1,777/s, with 1 s 2,129/s (docs/BENCHMARKS.md
+/// section 7).
+pub const RETRY_PUSHBACK: Duration = Duration::from_millis(1000);
+
+/// The metadata key of [`RETRY_PUSHBACK`], in milliseconds.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
 /// The calls in progress, and the bound on them.
 #[derive(Clone)]
 pub struct Admission {
@@ -45,10 +56,13 @@ impl Admission {
             // Timed out, or (never: the semaphore is not closed) closed.
             Ok(Err(_)) | Err(_) => {
                 metrics::grpc_shed();
-                Err(Status::resource_exhausted(format!(
+                let mut status = Status::resource_exhausted(format!(
                     "the server is at its limit of {} calls in progress; retry with back-off",
                     self.limit
-                )))
+                ));
+                let pushback = u64::try_from(RETRY_PUSHBACK.as_millis()).unwrap_or(u64::MAX);
+                status.metadata_mut().insert(RETRY_PUSHBACK_KEY, pushback.into());
+                Err(status)
             }
         }
     }
@@ -70,6 +84,8 @@ mod tests {
             refused.message(),
             "the server is at its limit of 2 calls in progress; retry with back-off"
         );
+        let pushback = refused.metadata().get(RETRY_PUSHBACK_KEY).expect("a pushback");
+        assert_eq!(pushback.to_str().ok(), Some("1000"));
 
         drop(first);
         let _third = admission.admit().await.expect("room again once a call ended");

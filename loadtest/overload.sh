@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Load shedding under overload, in one run on a fresh local stack (loopback only, every step bounded in
+# time). Installs what is missing (ci/setup.sh). goose drives CreateOrder closed-loop, 30 s a step,
+# against orders-service (release build, every component):
+#
+#   1. 16 users: enough to keep the two cores busy (the write path's saturating load)
+#   2. 4 x MAX_CONCURRENT_REQUESTS (1,024) users, admission control as shipped (256 calls at a time, a
+#      call waits up to 50 ms for room, then RESOURCE_EXHAUSTED)
+#   3. the same 1,024 users with the limit raised above them (MAX_CONCURRENT_REQUESTS=100000): what
+#      the service does without admission control
+#
+# goose records shed calls under their own name ("CreateOrder, shed"), so the latencies of the calls
+# served are not averaged with the quick refusals. Prints, per step, the calls served and shed per
+# second and the served calls' latency percentiles; goose's reports go to target/loadtest/overload-*.
+# Usage: bash loadtest/overload.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash ci/setup.sh
+cargo build --release -q -p harness --bin stack -p service --bin orders-service -p loadtest --bin loadtest
+bin="${CARGO_TARGET_DIR:-target}/release"
+out="${LOADTEST_OUT:-target/loadtest}"
+mkdir -p "$out"
+seconds="${OVERLOAD_SECONDS:-30}"
+
+# shellcheck source=ci/stack.sh
+source ci/stack.sh
+start_stack "$bin/stack"
+unset METRICS_ADDR
+export RUST_LOG=warn GRPC_ADDR=127.0.0.1:50072
+service_pid=
+stop_all() {
+  [ -n "$service_pid" ] && { kill -TERM "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; }
+  stop_stack
+}
+trap stop_all EXIT
+
+# One step: $1 its name, $2 users, $3 MAX_CONCURRENT_REQUESTS.
+step() {
+  local name=$1 users=$2 limit=$3
+  MAX_CONCURRENT_REQUESTS=$limit "$bin/orders-service" run &
+  service_pid=$!
+  sleep 2
+  kill -0 "$service_pid" 2>/dev/null || { echo "overload: orders-service did not start" >&2; exit 1; }
+  "$bin/loadtest" -H "http://$GRPC_ADDR" --redis-url "$REDIS_URL" --weights creates=1 --probe-rate 0 \
+    -u "$users" -r "$users" -t "${seconds}s" --quiet \
+    --report-file "$out/overload-$name.json" --report-file "$out/overload-$name.html" >/dev/null
+  kill -TERM "$service_pid"
+  wait "$service_pid" || true
+  service_pid=
+  python3 - "$name" "$users" "$limit" "$out/overload-$name.json" <<'PY'
+import json, sys
+name, users, limit, path = sys.argv[1:]
+report = json.load(open(path))
+seconds = report["raw_metrics"]["duration"]
+
+def percentile(times, fraction):
+    total = sum(times.values())
+    seen = 0
+    for time, count in sorted((int(t), c) for t, c in times.items()):
+        seen += count
+        if seen >= fraction * total:
+            return time / 1000
+    return float("nan")
+
+requests = report["raw_metrics"]["requests"]
+served = requests.get("gRPC CreateOrder", {}).get("raw_data", {"counter": 0, "times_us": {}})
+shed = requests.get("gRPC CreateOrder, shed", {}).get("raw_data", {"counter": 0, "times_us": {}})
+failed = requests.get("gRPC CreateOrder", {}).get("fail_count", 0)
+times = served["times_us"]
+print(f"{name:22s} {users:>5s} users, limit {limit:>6s}: "
+      f"{served['counter'] / seconds:6.0f} served/s ({failed} not OK), {shed['counter'] / seconds:6.0f} shed/s; "
+      f"served p50 {percentile(times, 0.5):.1f} ms, p99 {percentile(times, 0.99):.1f} ms, "
+      f"max {served.get('maximum_time_us', 0) / 1000:.0f} ms; shed p99 {percentile(shed['times_us'], 0.99):.1f} ms")
+PY
+}
+
+step saturating 16 256
+step 4x-with-admission 1024 256
+step 4x-without-admission 1024 100000
