@@ -32,6 +32,13 @@ pub enum Command {
     },
     /// Apply the database migrations and exit.
     Migrate,
+    /// Ask the service at GRPC_ADDR, through `grpc.health.v1`, whether it serves: exit status 0 if it
+    /// does, 1 if not or if it does not answer within 3 s. For container health checks.
+    HealthCheck {
+        /// The health service name to ask about (`""`: the whole server, Redis and Kafka included).
+        #[arg(long, default_value = "orders.v1.OrderService")]
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,5 +1,5 @@
 //! `orders-service`: the orders gRPC API, the outbox relay and the cache updater, together by default or
-//! one part per process (`run --components relay`), plus `migrate`.
+//! one part per process (`run --components relay`), plus `migrate` and `health-check`.
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,6 +7,7 @@ use service::config::{Cli, Command, Component};
 use service::startup::Application;
 use service::storage::Storage;
 use service::{shutdown, telemetry};
+use tonic_health::ServingStatus;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -19,6 +20,11 @@ async fn main() -> anyhow::Result<()> {
             storage.migrate().await.context("applying the migrations")?;
             tracing::info!("migrations applied");
             return Ok(());
+        }
+        Some(Command::HealthCheck { service }) => {
+            let status = service::grpc::health::probe(settings.grpc_addr, &service).await?;
+            println!("{service:?}: {status:?}");
+            std::process::exit(if status == ServingStatus::Serving { 0 } else { 1 });
         }
         Some(Command::Run { components }) => components,
         None => vec![Component::Api, Component::Relay, Component::Updater],

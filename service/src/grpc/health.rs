@@ -6,12 +6,18 @@
 //! * `postgres`, `redis`, `kafka`: that dependency answers.
 //! * `""` (the whole server): all three answer.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
+
+use anyhow::Context;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+use tonic_health::pb::health_client::HealthClient;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::OrderCache;
@@ -79,4 +85,43 @@ impl HealthMonitor {
         };
         self.reporter.set_service_status(service, status).await;
     }
+}
+
+/// How long [`probe`] waits for the answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks the server at `address` for the status of `service` (`grpc.health.v1.Health/Check`), as a
+/// container health check does. An unspecified address (`0.0.0.0`, `::`) is asked on loopback.
+pub async fn probe(address: SocketAddr, service: &str) -> anyhow::Result<ServingStatus> {
+    let mut address = address;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let ask = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        match HealthClient::new(channel).check(request).await {
+            Ok(answer) => anyhow::Ok(answer.into_inner().status()),
+            // Not registered (yet: the monitor registers each name at its first check): not serving.
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(WireStatus::ServiceUnknown),
+            Err(status) => Err(status).context("grpc.health.v1.Health/Check"),
+        }
+    };
+    let status = tokio::time::timeout(PROBE_TIMEOUT, ask)
+        .await
+        .with_context(|| format!("no answer from {address} within {PROBE_TIMEOUT:?}"))??;
+    Ok(match status {
+        WireStatus::Serving => ServingStatus::Serving,
+        WireStatus::NotServing | WireStatus::ServiceUnknown => ServingStatus::NotServing,
+        WireStatus::Unknown => ServingStatus::Unknown,
+    })
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use rdkafka::ClientConfig;
@@ -39,10 +40,13 @@ use super::poll_loop::{Item, PollLoop};
 const FETCH_WAIT_MAX_MS: &str = "100";
 /// `fetch.queue.backoff.ms` unless the configuration sets it (see `build`).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// How long `close()` and drop wait for the consumer to close, unless the builder sets it.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A batch Kafka consumer of one topic, read as a [`Stream`] of
 /// `Result<KafkaMessage<K, V>, ConsumerError>`. See the [module documentation](super) for the
 /// guarantees.
+#[must_use = "a consumer does nothing unless its stream is read; dropping it leaves the group"]
 pub struct ChannelConsumer<K, V> {
     buffer: Arc<DeliveryBuffer<Item<K, V>>>,
     control: ConsumerControl,
@@ -83,6 +87,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
             config,
             topic: topic.to_owned(),
             consume_size: 1000,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
             key_deserializer: None,
             value_deserializer: None,
         }
@@ -96,11 +101,18 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
     }
 
     /// Commits what was handled, leaves the group and ends the stream, waiting until all of that is
-    /// done. Dropping the consumer does the same, blocking the dropping thread until it is done.
+    /// done, or for the close timeout ([`DEFAULT_CLOSE_TIMEOUT`] unless the builder set one):
+    /// [`ConsumerError::CloseTimedOut`] then, and the poll thread finishes on its own. Dropping the
+    /// consumer does the same (see `Drop`).
     pub async fn close(mut self) -> Result<(), ConsumerError> {
         let result = self.control.close().await;
-        // The poll thread has answered, so it has finished its work: joining it is immediate.
-        self.join_poll_thread();
+        match result {
+            // Not answered in time: the thread is still at it (a commit or a LeaveGroup to a broker that
+            // does not answer). Joining would wait as long; it is left to end by itself.
+            Err(ConsumerError::CloseTimedOut(_)) => drop(self.poll_thread.take()),
+            // Answered, or gone: it has finished its work, so joining it is immediate.
+            _ => self.join_poll_thread(),
+        }
         result
     }
 
@@ -129,17 +141,37 @@ impl<K, V> Stream for ChannelConsumer<K, V> {
 
 impl<K, V> Drop for ChannelConsumer<K, V> {
     /// Closes the consumer: commits what was handled and leaves the group, like [`close`](Self::close),
-    /// and waits for it, as rdkafka's own consumers do on drop. Waiting blocks the current thread for a
-    /// commit and a LeaveGroup round trip; it cannot deadlock, because the poll thread needs nothing from
-    /// the async runtime. To wait without blocking, call `close().await` instead.
+    /// and waits for it, as rdkafka's own consumers do on drop, but for the close timeout at most.
+    ///
+    /// Waiting blocks the dropping thread for a commit and a LeaveGroup round trip. On a worker of
+    /// Tokio's multi-threaded runtime it waits in `block_in_place`, so the worker's other tasks move to
+    /// another thread; a current-thread runtime has no other thread, and is blocked for that time. It
+    /// cannot deadlock: the poll thread needs nothing from the async runtime. To wait without blocking,
+    /// call `close().await` instead.
     fn drop(&mut self) {
         let Some(thread) = self.poll_thread.take() else {
             return;
         };
         let (reply, _answer) = oneshot::channel();
         self.control.send(Request::Close(reply));
-        if thread.join().is_err() {
-            warn!("the consumer's poll thread panicked");
+        let deadline = Instant::now() + self.control.close_timeout;
+        let wait = || {
+            // `JoinHandle` has no timed join: poll for the thread's end.
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !thread.is_finished() {
+                warn!(timeout = ?self.control.close_timeout, "the consumer did not close in time; left to finish on its own");
+            } else if thread.join().is_err() {
+                warn!("the consumer's poll thread panicked");
+            }
+        };
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_threaded {
+            tokio::task::block_in_place(wait);
+        } else {
+            wait();
         }
     }
 }
@@ -148,6 +180,7 @@ impl<K, V> Drop for ChannelConsumer<K, V> {
 #[derive(Debug, Clone)]
 pub struct ConsumerControl {
     requests: mpsc::Sender<Request>,
+    close_timeout: Duration,
 }
 
 impl ConsumerControl {
@@ -163,11 +196,15 @@ impl ConsumerControl {
         answer.await.unwrap_or(Err(ConsumerError::Closed))
     }
 
-    /// Commits what was handled, leaves the group and ends the stream; returns once that is done.
+    /// Commits what was handled, leaves the group and ends the stream; returns once that is done, or
+    /// with [`ConsumerError::CloseTimedOut`] after the close timeout.
     pub async fn close(&self) -> Result<(), ConsumerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::Close(reply));
-        answer.await.unwrap_or(Err(ConsumerError::Closed))
+        match tokio::time::timeout(self.close_timeout, answer).await {
+            Ok(answer) => answer.unwrap_or(Err(ConsumerError::Closed)),
+            Err(_) => Err(ConsumerError::CloseTimedOut(self.close_timeout)),
+        }
     }
 }
 
@@ -176,11 +213,19 @@ pub struct ChannelConsumerBuilder<K, V> {
     config: ClientConfig,
     topic: String,
     consume_size: usize,
+    close_timeout: Duration,
     key_deserializer: Option<Box<dyn Deserializer<K>>>,
     value_deserializer: Option<Box<dyn Deserializer<V>>>,
 }
 
 impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
+    /// How long `close()` and drop wait for the final commit and the LeaveGroup;
+    /// [`DEFAULT_CLOSE_TIMEOUT`] unless set.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
     /// See [`ChannelConsumer::new`]; 1000 unless set.
     pub fn consume_size(mut self, consume_size: usize) -> Self {
         self.consume_size = consume_size;
@@ -257,7 +302,10 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             .map_err(ConsumerError::Thread)?;
         Ok(ChannelConsumer {
             buffer,
-            control: ConsumerControl { requests },
+            control: ConsumerControl {
+                requests,
+                close_timeout: self.close_timeout,
+            },
             poll_thread: Some(poll_thread),
         })
     }

@@ -52,6 +52,12 @@ pub enum ConsumerError {
     #[error("the consumer is closed")]
     Closed,
 
+    /// From `close()`: the poll thread did not finish closing (final commit, LeaveGroup) within the
+    /// consumer's close timeout, typically because Kafka is unreachable. The thread is left to finish
+    /// on its own; what it did not commit comes again to the partitions' next owner.
+    #[error("the consumer did not close within {0:?}")]
+    CloseTimedOut(std::time::Duration),
+
     /// The last stream item if the consumer's poll thread panicked (a bug in this crate).
     #[error("the consumer's poll thread panicked")]
     PollThreadPanicked,

@@ -5,7 +5,7 @@
 //! 1. **Requests.** Applies the acknowledgements sent by `handle()`, stores the offsets that advanced,
 //!    and carries out `commit()` and `close()`.
 //! 2. **Back-pressure.** If the reader is behind, pauses the partitions holding more than their share of
-//!    the buffer; resumes them once it has caught up.
+//!    the buffer; resumes each once the reader took enough of its messages (`pause_policy`).
 //! 3. **A batch.** Polls up to `consume_size - buffered` messages in one go (the first poll waits at most
 //!    100 ms, the rest do not wait), deserializes them and hands the batch to the delivery buffer with
 //!    one wake-up. Rebalance callbacks run inside these polls.
@@ -39,6 +39,7 @@ use super::deserializer::Deserializer;
 use super::error::{ConsumerError, MessagePart};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::Epoch;
+use super::pause_policy::{self, Buffered, Decision};
 
 /// What the stream yields.
 pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
@@ -108,51 +109,41 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         None
     }
 
-    /// Step 2. Pauses partitions when the reader is behind, resumes them when it has caught up.
+    /// Step 2. Pauses partitions when the reader is behind, resumes each once the reader took enough of
+    /// its messages: the rule is `pause_policy`'s.
     ///
     /// Pausing is not free: librdkafka drops what it prefetched for the partition and, on resume, fetches
     /// it again, after the fetch in flight (which the broker may hold for `fetch.wait.max.ms` when the
     /// other partitions are idle). So the consumer pauses only when the reader really is behind: the
-    /// buffer is still full after a short grace. It then pauses the partitions at or over their fair
-    /// share (`consume_size / assigned partitions`; a full buffer has at least one), so that a partition
-    /// with a backlog cannot keep the others out: they may still fill up to their share, which is why the
-    /// buffer can exceed `consume_size` (it stays under twice that). Paused partitions resume once the
-    /// buffer is down to half and theirs to half a share, so each pause moves many messages.
+    /// buffer is still full after a short grace.
     fn apply_back_pressure(&self) {
         let total = self.buffer().wait_below(self.consume_size, READER_GRACE);
         let mut state = self.consumer.context().state();
         let assigned: Vec<i32> = state.offsets.assigned().collect();
-        if assigned.is_empty() {
-            return;
-        }
-        let share = (self.consume_size / assigned.len()).max(1);
         let (_, lengths) = self.buffer().lengths();
-        let queued = |partition: &i32| lengths.get(partition).copied().unwrap_or(0);
-        let full = total >= self.consume_size;
-        let drained = total <= self.consume_size / 2;
-
-        let to_pause: Vec<(i32, i64)> = assigned
-            .iter()
-            .filter(|p| full && !state.paused.contains(p) && queued(p) >= share)
-            .map(|&p| (p, 0))
-            .collect();
-        let to_resume: Vec<(i32, i64)> = assigned
-            .iter()
-            .filter(|p| drained && state.paused.contains(p) && queued(p) <= share / 2)
-            .map(|&p| (p, 0))
-            .collect();
-        if !to_pause.is_empty() {
-            match self.consumer.pause(&partition_list(&self.topic, &to_pause)) {
-                Ok(()) => state.paused.extend(to_pause.iter().map(|(p, _)| *p)),
+        let queued = |partition: i32| lengths.get(&partition).copied().unwrap_or(0);
+        let buffered = Buffered {
+            consume_size: self.consume_size,
+            total,
+            queued: &queued,
+        };
+        let Decision { pause, resume } = pause_policy::decide(buffered, &assigned, &state.paused);
+        let listed = |partitions: &[i32]| {
+            let offsets: Vec<(i32, i64)> = partitions.iter().map(|&p| (p, 0)).collect();
+            partition_list(&self.topic, &offsets)
+        };
+        if !pause.is_empty() {
+            match self.consumer.pause(&listed(&pause)) {
+                Ok(()) => state.paused.extend(pause),
                 Err(error) => {
                     warn!(topic = %self.topic, error = %ErrorChain(&error), "pausing partitions failed")
                 }
             }
         }
-        if !to_resume.is_empty() {
-            match self.consumer.resume(&partition_list(&self.topic, &to_resume)) {
+        if !resume.is_empty() {
+            match self.consumer.resume(&listed(&resume)) {
                 Ok(()) => {
-                    for (partition, _) in &to_resume {
+                    for partition in &resume {
                         state.paused.remove(partition);
                     }
                 }

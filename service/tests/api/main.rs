@@ -3,6 +3,7 @@
 mod cache_path;
 mod errors;
 mod faults;
+mod health_check;
 mod helpers;
 mod overload;
 mod reflection;
