@@ -132,6 +132,63 @@ async fn one_consumer_reads_three_partitions_without_starving_any() -> TestResul
     Ok(())
 }
 
+/// A message the reader holds without handling it freezes its partition's commits; the consumer's
+/// progress names it, marked stuck once older than `stuck_after`, and lets go once it is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_unhandled_is_reported_stuck_until_it_is_handled() -> TestResult {
+    let stack = shared_stack().await;
+    let (brokers, topic) = (stack.kafka_brokers(), "stuck-message");
+    stack.create_topic(topic, 1).await?;
+    let history = History::new();
+    produce_keys(&producer(brokers)?, topic, (0..5).map(|key| (0, key)), &history).await?;
+    let config = consumer_config(brokers, "stuck-message-group", Assignment::EagerRange);
+    let mut consumer = ChannelConsumer::<i64, String>::builder(config, topic)
+        .stuck_after(Duration::from_secs(1))
+        .build()?;
+
+    let mut held = None;
+    for _ in 0..5 {
+        let message = tokio::time::timeout(PATIENCE, consumer.next())
+            .await?
+            .ok_or("the stream ended")??;
+        if message.offset() == 0 {
+            held = Some(message);
+        } else {
+            message.handle();
+        }
+    }
+    let held = held.ok_or("offset 0 was not delivered")?;
+    let progress = wait_for_progress(&consumer, |p| p.oldest_unhandled.is_some_and(|o| o.stuck)).await;
+    let oldest = progress.oldest_unhandled.ok_or("no unhandled message reported")?;
+    assert_eq!((oldest.partition, oldest.offset), (0, 0), "{progress:?}");
+    assert!(oldest.age >= Duration::from_secs(1), "{progress:?}");
+    assert_eq!(
+        progress.unhandled, 1,
+        "the four others were handled: {progress:?}"
+    );
+
+    held.handle();
+    let progress = wait_for_progress(&consumer, |p| p.unhandled == 0).await;
+    assert_eq!(progress.oldest_unhandled, None);
+    consumer.close().await?;
+    Ok(())
+}
+
+/// The consumer's progress once `done` holds of it, or its last one after 10 s.
+async fn wait_for_progress(
+    consumer: &ChannelConsumer<i64, String>,
+    done: impl Fn(&service::kafka::ConsumerProgress) -> bool,
+) -> service::kafka::ConsumerProgress {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = consumer.progress();
+        if done(&progress) || tokio::time::Instant::now() > deadline {
+            return progress;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Three partitions with backlogs and a reader a little slower than the broker: back-pressure pauses
 /// partitions, and each must come back as soon as the reader took its messages, not when the others
 /// happen to drain too. Measured in delivery order: between two deliveries of a partition, the others

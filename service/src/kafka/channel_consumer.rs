@@ -15,8 +15,8 @@
 //! rebalance callbacks run on a thread we control.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use super::deserializer::{Deserializer, default_deserializer};
 use super::error::{ConsumerError, MessagePart};
 use super::offsets::OffsetTracker;
 use super::poll_loop::{Item, PollLoop};
+use super::progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, ProgressReporter};
 
 /// `fetch.wait.max.ms` unless the configuration sets it (see `build`).
 const FETCH_WAIT_MAX_MS: &str = "100";
@@ -88,6 +89,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
             topic: topic.to_owned(),
             consume_size: 1000,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            stuck_after: DEFAULT_STUCK_AFTER,
             key_deserializer: None,
             value_deserializer: None,
         }
@@ -114,6 +116,11 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
             _ => self.join_poll_thread(),
         }
         result
+    }
+
+    /// See [`ConsumerControl::progress`].
+    pub fn progress(&self) -> ConsumerProgress {
+        self.control.progress()
     }
 
     /// A handle to commit or close the consumer after it was moved into a stream adapter (such as
@@ -181,12 +188,22 @@ impl<K, V> Drop for ChannelConsumer<K, V> {
 pub struct ConsumerControl {
     requests: mpsc::Sender<Request>,
     close_timeout: Duration,
+    progress: Arc<Mutex<ConsumerProgress>>,
 }
 
 impl ConsumerControl {
     fn send(&self, request: Request) {
         // Fails only when the poll thread is gone; the reply channel then reports `Closed`.
         let _ = self.requests.send(request);
+    }
+
+    /// What the consumer has in flight, paused, and unhandled longest, as of its last report (at most
+    /// a second old; see the `progress` module).
+    pub fn progress(&self) -> ConsumerProgress {
+        self.progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// See [`ChannelConsumer::commit`].
@@ -214,6 +231,7 @@ pub struct ChannelConsumerBuilder<K, V> {
     topic: String,
     consume_size: usize,
     close_timeout: Duration,
+    stuck_after: Duration,
     key_deserializer: Option<Box<dyn Deserializer<K>>>,
     value_deserializer: Option<Box<dyn Deserializer<V>>>,
 }
@@ -223,6 +241,13 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
     /// [`DEFAULT_CLOSE_TIMEOUT`] unless set.
     pub fn close_timeout(mut self, timeout: Duration) -> Self {
         self.close_timeout = timeout;
+        self
+    }
+
+    /// How long a delivered message may stay unhandled before the consumer warns about it and its
+    /// progress marks it stuck; [`DEFAULT_STUCK_AFTER`] (60 s) unless set.
+    pub fn stuck_after(mut self, after: Duration) -> Self {
+        self.stuck_after = after;
         self
     }
 
@@ -276,6 +301,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         let buffer = Arc::new(DeliveryBuffer::new());
         let (requests, requests_received) = mpsc::channel();
+        let progress = Arc::new(Mutex::new(ConsumerProgress::default()));
         let state = PollState::new(OffsetTracker::default(), requests_received);
         let context = ChannelContext::new(topic.clone(), state, buffer.clone());
         let consumer =
@@ -289,6 +315,11 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             key_deserializer,
             value_deserializer,
             requests: requests.clone(),
+            progress: Mutex::new(ProgressReporter::new(
+                topic.clone(),
+                self.stuck_after,
+                progress.clone(),
+            )),
         };
         let thread_buffer = buffer.clone();
         let poll_thread = std::thread::Builder::new()
@@ -305,6 +336,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             control: ConsumerControl {
                 requests,
                 close_timeout: self.close_timeout,
+                progress,
             },
             poll_thread: Some(poll_thread),
         })

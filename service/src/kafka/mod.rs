@@ -120,6 +120,7 @@
 //! * `channel_consumer`: the public type, its builder, and how the two threads split the work;
 //! * `poll_loop`: the poll thread, batching and back-pressure;
 //! * `pause_policy`: which partitions back-pressure pauses and resumes;
+//! * `progress`: what the consumer reports about itself, and the warning for a stuck message;
 //! * `context`: the rebalance callbacks;
 //! * `offsets`: the contiguous-prefix rule and assignment epochs;
 //! * `delivery_buffer`: per-partition queues served round-robin;
@@ -136,6 +137,7 @@ mod message;
 mod offsets;
 mod pause_policy;
 mod poll_loop;
+mod progress;
 
 pub use channel_consumer::{ChannelConsumer, ChannelConsumerBuilder, ConsumerControl, DEFAULT_CLOSE_TIMEOUT};
 pub use deserializer::{
@@ -145,3 +147,4 @@ pub use error::{ConsumerError, DeserializeError, MessagePart};
 pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
 pub use offsets::Epoch;
 pub use poll_loop::Item;
+pub use progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, OldestUnhandled};

@@ -17,6 +17,7 @@
 //! succeed for a later assignment whose messages it says nothing about.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
 
 use super::acknowledgement::Handled;
 
@@ -28,6 +29,16 @@ pub type Epoch = u64;
 struct InFlight {
     offset: i64,
     handled: bool,
+    /// When the poll thread received it (the time of its batch).
+    received_at: Instant,
+}
+
+/// The message delivered longest ago and not handled yet: it holds back its partition's commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unhandled {
+    pub partition: i32,
+    pub offset: i64,
+    pub received_at: Instant,
 }
 
 /// The bookkeeping of one assigned partition.
@@ -86,9 +97,9 @@ impl OffsetTracker {
         self.partitions.get(&partition).is_some_and(|p| p.epoch == epoch)
     }
 
-    /// A message was received from librdkafka. Returns its epoch, or `None` if the partition is not
-    /// assigned (the message is then dropped: its partition's new owner reads it).
-    pub fn deliver(&mut self, partition: i32, offset: i64) -> Option<Epoch> {
+    /// A message was received from librdkafka at `received_at`. Returns its epoch, or `None` if the
+    /// partition is not assigned (the message is then dropped: its partition's new owner reads it).
+    pub fn deliver(&mut self, partition: i32, offset: i64, received_at: Instant) -> Option<Epoch> {
         let went_back = {
             let progress = self.partitions.get(&partition)?;
             let last_seen = progress
@@ -112,6 +123,7 @@ impl OffsetTracker {
         progress.in_flight.push_back(InFlight {
             offset,
             handled: false,
+            received_at,
         });
         Some(progress.epoch)
     }
@@ -167,6 +179,30 @@ impl OffsetTracker {
             .collect()
     }
 
+    /// Messages delivered in the current assignments and not handled yet.
+    pub fn unhandled(&self) -> usize {
+        self.partitions
+            .values()
+            .map(|p| p.in_flight.iter().filter(|m| !m.handled).count())
+            .sum()
+    }
+
+    /// The unhandled message received longest ago, over all partitions. Within a partition it is the
+    /// first of the handled prefix's gap, since messages arrive in offset order.
+    pub fn oldest_unhandled(&self) -> Option<Unhandled> {
+        self.partitions
+            .iter()
+            .filter_map(|(&partition, progress)| {
+                let message = progress.in_flight.iter().find(|m| !m.handled)?;
+                Some(Unhandled {
+                    partition,
+                    offset: message.offset,
+                    received_at: message.received_at,
+                })
+            })
+            .min_by_key(|unhandled| unhandled.received_at)
+    }
+
     pub fn mark_committed(&mut self, offsets: &[(i32, i64)]) {
         for &(partition, offset) in offsets {
             if let Some(progress) = self.partitions.get_mut(&partition) {
@@ -191,7 +227,9 @@ mod tests {
     fn deliver_all(tracker: &mut OffsetTracker, partition: i32, offsets: &[i64]) -> Epoch {
         let mut epoch = 0;
         for &offset in offsets {
-            epoch = tracker.deliver(partition, offset).unwrap_or_default();
+            epoch = tracker
+                .deliver(partition, offset, Instant::now())
+                .unwrap_or_default();
         }
         epoch
     }
@@ -253,7 +291,10 @@ mod tests {
         assert_eq!(tracker.take_offsets_to_store(), vec![]);
         tracker.handle(handled(0, 0, new));
         assert_eq!(tracker.take_offsets_to_store(), vec![(0, 1)]);
-        assert!(tracker.deliver(1, 0).is_none(), "partition 1 is not assigned");
+        assert!(
+            tracker.deliver(1, 0, Instant::now()).is_none(),
+            "partition 1 is not assigned"
+        );
     }
 
     #[test]
@@ -269,7 +310,10 @@ mod tests {
         tracker.handle(handled(1, 0, e1));
         assert_eq!(tracker.take_offsets_to_store(), vec![]);
         assert_eq!(tracker.assigned().count(), 0);
-        assert!(tracker.deliver(0, 1).is_none(), "partition 0 is not assigned");
+        assert!(
+            tracker.deliver(0, 1, Instant::now()).is_none(),
+            "partition 0 is not assigned"
+        );
     }
 
     #[test]
@@ -291,7 +335,7 @@ mod tests {
         let first = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[4, 5, 6]);
         tracker.handle(handled(0, 4, first));
-        let second = tracker.deliver(0, 5).unwrap_or_default();
+        let second = tracker.deliver(0, 5, Instant::now()).unwrap_or_default();
         assert_ne!(first, second);
         tracker.handle(handled(0, 5, first));
         assert_eq!(
@@ -308,9 +352,13 @@ mod tests {
         let mut tracker = OffsetTracker::default();
         let first = tracker.assign(0);
         deliver_all(&mut tracker, 0, &[7]);
-        let second = tracker.deliver(0, 7).unwrap_or_default();
+        let second = tracker.deliver(0, 7, Instant::now()).unwrap_or_default();
         assert_ne!(first, second, "7 again: librdkafka went back to it");
-        assert_eq!(tracker.deliver(0, 8), Some(second), "8 follows in the same epoch");
+        assert_eq!(
+            tracker.deliver(0, 8, Instant::now()),
+            Some(second),
+            "8 follows in the same epoch"
+        );
     }
 
     #[test]
@@ -326,5 +374,27 @@ mod tests {
         assert_eq!(tracker.offsets_to_commit(None), vec![(0, 1), (1, 1)]);
         tracker.mark_committed(&[(0, 1)]);
         assert_eq!(tracker.offsets_to_commit(None), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn the_oldest_unhandled_message_is_the_one_received_first_and_not_handled() {
+        let mut tracker = OffsetTracker::default();
+        let (zero, one) = (tracker.assign(0), tracker.assign(1));
+        let start = Instant::now();
+        let later = start + std::time::Duration::from_secs(1);
+        tracker.deliver(0, 10, later);
+        tracker.deliver(1, 20, start);
+        tracker.deliver(1, 21, later);
+        assert_eq!(tracker.unhandled(), 3);
+        let oldest = |tracker: &OffsetTracker| tracker.oldest_unhandled().map(|u| (u.partition, u.offset));
+        assert_eq!(oldest(&tracker), Some((1, 20)));
+
+        tracker.handle(handled(1, 21, one)); // out of order: 20 still holds the partition back
+        assert_eq!(tracker.unhandled(), 2);
+        assert_eq!(oldest(&tracker), Some((1, 20)));
+        tracker.handle(handled(1, 20, one));
+        assert_eq!(oldest(&tracker), Some((0, 10)));
+        tracker.handle(handled(0, 10, zero));
+        assert_eq!((tracker.unhandled(), oldest(&tracker)), (0, None));
     }
 }

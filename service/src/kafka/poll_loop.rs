@@ -23,8 +23,9 @@
 
 use crate::telemetry::ErrorChain;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
@@ -40,6 +41,7 @@ use super::error::{ConsumerError, MessagePart};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::Epoch;
 use super::pause_policy::{self, Buffered, Decision};
+use super::progress::ProgressReporter;
 
 /// What the stream yields.
 pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
@@ -61,6 +63,8 @@ pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     pub value_deserializer: Box<dyn Deserializer<V>>,
     /// Cloned into every message, to acknowledge itself.
     pub requests: Sender<Request>,
+    /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
+    pub progress: Mutex<ProgressReporter>,
 }
 
 /// Why the loop stopped.
@@ -77,6 +81,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                 break stop;
             }
             self.apply_back_pressure();
+            self.report_progress();
             if let Err(fatal) = self.read_batch() {
                 break Stop::Fatal(fatal);
             }
@@ -154,6 +159,17 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         }
     }
 
+    /// Between steps 2 and 3, once a second: what is in flight, paused, and unhandled longest
+    /// (`progress`).
+    fn report_progress(&self) {
+        let state = self.consumer.context().state();
+        let mut reporter = self
+            .progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        reporter.tick(&state.offsets, &state.paused);
+    }
+
     /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
     fn read_batch(&self) -> Result<(), KafkaError> {
         let (buffered, _) = self.buffer().lengths();
@@ -167,13 +183,15 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         };
         let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
+        // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
+        let received_at = Instant::now();
         while batch.len() < room {
             let polled = self.consumer.poll(timeout);
             timeout = Duration::ZERO;
             match polled {
                 None => break,
                 Some(Ok(message)) => {
-                    if let Some(item) = self.receive(&message, &shared) {
+                    if let Some(item) = self.receive(&message, &shared, received_at) {
                         batch.push(item);
                     }
                 }
@@ -211,9 +229,15 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         &self,
         message: &BorrowedMessage<'_>,
         shared: &Arc<BatchShared>,
+        received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
-        let epoch = self.consumer.context().state().offsets.deliver(partition, offset);
+        let epoch = self
+            .consumer
+            .context()
+            .state()
+            .offsets
+            .deliver(partition, offset, received_at);
         let Some(epoch) = epoch else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
