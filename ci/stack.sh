@@ -20,6 +20,7 @@ start_stack() {
 }
 
 stop_stack() {
+  stop_service
   kill -TERM "$STACK_PID" 2>/dev/null || true
   wait "$STACK_PID" 2>/dev/null || true
   rm -f "$STACK_ENDPOINTS"
@@ -28,4 +29,21 @@ stop_stack() {
 # Prints the stack's endpoints as shell exports, indented.
 print_stack_endpoints() {
   grep '^export ' "$STACK_ENDPOINTS" | sed 's/^/  /'
+}
+
+# `start_service COMMAND...` starts orders-service (COMMAND, e.g. `target/release/orders-service run`) in
+# the background, its pid in SERVICE_PID, and fails if it is gone 2 s later; `stop_service` stops it
+# gracefully and waits. stop_stack stops a service still running first.
+SERVICE_PID=
+start_service() {
+  "$@" &
+  SERVICE_PID=$!
+  sleep 2
+  kill -0 "$SERVICE_PID" 2>/dev/null || { echo "orders-service did not start: $*" >&2; exit 1; }
+}
+stop_service() {
+  [ -n "$SERVICE_PID" ] || return 0
+  kill -TERM "$SERVICE_PID" 2>/dev/null || true
+  wait "$SERVICE_PID" 2>/dev/null || true
+  SERVICE_PID=
 }

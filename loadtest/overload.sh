@@ -27,26 +27,14 @@ source ci/stack.sh
 start_stack "$bin/stack"
 unset METRICS_ADDR
 export RUST_LOG=warn GRPC_ADDR=127.0.0.1:50072
-service_pid=
-stop_all() {
-  [ -n "$service_pid" ] && { kill -TERM "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; }
-  stop_stack
-}
-trap stop_all EXIT
-
 # One step: $1 its name, $2 users, $3 MAX_CONCURRENT_REQUESTS.
 step() {
   local name=$1 users=$2 limit=$3
-  MAX_CONCURRENT_REQUESTS=$limit "$bin/orders-service" run &
-  service_pid=$!
-  sleep 2
-  kill -0 "$service_pid" 2>/dev/null || { echo "overload: orders-service did not start" >&2; exit 1; }
+  start_service env MAX_CONCURRENT_REQUESTS="$limit" "$bin/orders-service" run
   "$bin/loadtest" -H "http://$GRPC_ADDR" --redis-url "$REDIS_URL" --weights creates=1 --probe-rate 0 \
     -u "$users" -r "$users" -t "${seconds}s" --quiet \
     --report-file "$out/overload-$name.json" --report-file "$out/overload-$name.html" >/dev/null
-  kill -TERM "$service_pid"
-  wait "$service_pid" || true
-  service_pid=
+  stop_service
   python3 - "$name" "$users" "$limit" "$out/overload-$name.json" <<'PY'
 import json, sys
 name, users, limit, path = sys.argv[1:]

@@ -31,26 +31,8 @@ source ci/stack.sh
 start_stack "$bin/stack"
 unset METRICS_ADDR
 export RUST_LOG=warn GRPC_ADDR=127.0.0.1:50071
-service_pid=
-stop_all() {
-  [ -n "$service_pid" ] && { kill -TERM "$service_pid" 2>/dev/null || true; wait "$service_pid" 2>/dev/null || true; }
-  stop_stack
-  rm -rf "$report_dir"
-}
-trap stop_all EXIT
+trap 'stop_stack; rm -rf "$report_dir"' EXIT
 
-# Starts orders-service with `components`, waits until it listens or has started.
-start_service() {
-  "$bin/orders-service" run --components "$1" &
-  service_pid=$!
-  sleep 2
-  kill -0 "$service_pid" 2>/dev/null || { echo "write-path: orders-service did not start" >&2; exit 1; }
-}
-stop_service() {
-  kill -TERM "$service_pid" 2>/dev/null || true
-  wait "$service_pid" 2>/dev/null || true
-  service_pid=
-}
 sql() { psql -qAtX "$DATABASE_URL" -c "$1"; }
 # CPU ticks (1/100 s) of process $1, and of the whole machine: busy and total.
 process_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -83,11 +65,11 @@ ghz_call() {
   local busy0 total0 busy1 total1 service0 service1 report=$1
   shift
   read -r busy0 total0 < <(machine_ticks)
-  service0=$(process_ticks "$service_pid")
+  service0=$(process_ticks "$SERVICE_PID")
   /usr/bin/time -f "%U %S" -o "$report.time" \
     ghz --insecure --connections 16 --concurrency 16 --format json "$@" "$GRPC_ADDR" >"$report"
   read -r busy1 total1 < <(machine_ticks)
-  service1=$(process_ticks "$service_pid")
+  service1=$(process_ticks "$SERVICE_PID")
   python3 - "$cores" "$report.time" "$busy0" "$total0" "$busy1" "$total1" "$service0" "$service1" <<'PY' >"$report.cores"
 import sys
 cores = int(sys.argv[1])
@@ -111,7 +93,7 @@ tpcb=$(with_cores "TPC-B-like" pgbench -n -c 16 -j 2 -T "$seconds" "$pgbench_url
 simple=$(with_cores "simple-update" pgbench -n -N -c 16 -j 2 -T "$seconds" "$pgbench_url" | tps)
 # CreateOrder's statement on the service's own schema (the service migrates it at start), then the
 # tables emptied again and the ids restarted: the steps below count from order 1.
-start_service api
+start_service "$bin/orders-service" run --components api
 create_sql=loadtest/pgbench/create-order.sql
 create_statement=$(with_cores "CreateOrder's statement" \
   pgbench -n -M prepared -c 16 -j 2 -T "$seconds" -f "$create_sql" "$DATABASE_URL" | tps)
@@ -143,7 +125,7 @@ echo "  $(cat "$report_dir/update.json.cores")"
 echo "== the relay alone, draining the outbox"
 backlog=$(sql "SELECT count(*) FROM outbox")
 started=$(date +%s.%N)
-start_service relay
+start_service "$bin/orders-service" run --components relay
 until [ "$(sql "SELECT count(*) FROM outbox")" -eq 0 ]; do sleep 0.2; done
 drained=$(date +%s.%N)
 stop_service
@@ -154,7 +136,7 @@ echo "== the updater alone, a new group reading the whole topic"
 export UPDATER_GROUP="write-path-$(date +%s)"
 total=$backlog
 started=$(date +%s.%N)
-METRICS_ADDR=127.0.0.1:50074 start_service updater
+start_service env METRICS_ADDR=127.0.0.1:50074 "$bin/orders-service" run --components updater
 # Until the group committed everything (it commits every second).
 until [ "$("$bin/stack" lag --group "$UPDATER_GROUP")" -eq 0 ]; do sleep 0.2; done
 applied=$(date +%s.%N)

@@ -49,6 +49,16 @@ where
     Ok(items)
 }
 
+/// Waits until everything produced was handled (by `member` or whoever had it), then closes `member`.
+async fn drain_then_close(history: &History, member: Member) -> TestResult {
+    assert!(
+        wait_until_all_handled(history, PATIENCE).await,
+        "{}",
+        history.check()
+    );
+    member.leave(Leave::Close).await
+}
+
 fn print_report(test: &str, report: &Report) {
     println!("--- {test}\n{report}");
 }
@@ -90,12 +100,7 @@ async fn one_consumer_reads_three_partitions_without_starving_any() -> TestResul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let trickle_done = Instant::now();
-    assert!(
-        wait_until_all_handled(&history, PATIENCE).await,
-        "{}",
-        history.check()
-    );
-    member.leave(Leave::Close).await?;
+    drain_then_close(&history, member).await?;
 
     let report = history.check();
     print_report("one consumer, three partitions", &report);
@@ -214,12 +219,7 @@ async fn three_backlogs_and_a_slow_reader_keep_every_partition_served() -> TestR
     let consumer = ChannelConsumer::<i64, String>::new(config, topic, CONSUME_SIZE, None, None)?;
     // 2 ms per batch of up to 100: slower than the broker, which has everything ready.
     let member = Member::spawn(0, consumer, history.clone(), Duration::from_millis(2));
-    assert!(
-        wait_until_all_handled(&history, PATIENCE).await,
-        "{}",
-        history.check()
-    );
-    member.leave(Leave::Close).await?;
+    drain_then_close(&history, member).await?;
     let report = history.check();
     print_report("three backlogs", &report);
     assert!(report.is_valid(), "{report}");
@@ -633,12 +633,7 @@ async fn close_and_restart_resume_exactly_at_the_committed_offsets() -> TestResu
     // The second consumer of the group starts exactly there.
     let second = ChannelConsumer::<i64, String>::new(config, topic, 1000, None, None)?;
     let member = Member::spawn(1, second, history.clone(), Duration::ZERO);
-    assert!(
-        wait_until_all_handled(&history, PATIENCE).await,
-        "{}",
-        history.check()
-    );
-    member.leave(Leave::Close).await?;
+    drain_then_close(&history, member).await?;
     record_commits(brokers, group, topic, PARTITIONS, &history).await?;
 
     let mut first_delivered: BTreeMap<i32, i64> = BTreeMap::new();
