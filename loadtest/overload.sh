@@ -35,31 +35,10 @@ step() {
     -u "$users" -r "$users" -t "${seconds}s" --quiet \
     --report-file "$out/overload-$name.json" --report-file "$out/overload-$name.html" >/dev/null
   stop_service
-  python3 - "$name" "$users" "$limit" "$out/overload-$name.json" <<'PY'
-import json, sys
-name, users, limit, path = sys.argv[1:]
-report = json.load(open(path))
-seconds = report["raw_metrics"]["duration"]
-
-def percentile(times, fraction):
-    total = sum(times.values())
-    seen = 0
-    for time, count in sorted((int(t), c) for t, c in times.items()):
-        seen += count
-        if seen >= fraction * total:
-            return time / 1000
-    return float("nan")
-
-requests = report["raw_metrics"]["requests"]
-served = requests.get("gRPC CreateOrder", {}).get("raw_data", {"counter": 0, "times_us": {}})
-shed = requests.get("gRPC CreateOrder, shed", {}).get("raw_data", {"counter": 0, "times_us": {}})
-failed = requests.get("gRPC CreateOrder", {}).get("fail_count", 0)
-times = served["times_us"]
-print(f"{name:22s} {users:>5s} users, limit {limit:>6s}: "
-      f"{served['counter'] / seconds:6.0f} served/s ({failed} not OK), {shed['counter'] / seconds:6.0f} shed/s; "
-      f"served p50 {percentile(times, 0.5):.1f} ms, p99 {percentile(times, 0.99):.1f} ms, "
-      f"max {served.get('maximum_time_us', 0) / 1000:.0f} ms; shed p99 {percentile(shed['times_us'], 0.99):.1f} ms")
-PY
+  local served failed shed p50 p99 max
+  read -r served failed shed p50 p99 max < <(python3 loadtest/goose_summary.py "$out/overload-$name.json" CreateOrder)
+  printf '%-22s %5s users, limit %6s: %6s served/s (%s not OK), %6s shed/s; served p50 %s ms, p99 %s ms, max %s ms\n' \
+    "$name" "$users" "$limit" "$served" "$failed" "$shed" "$p50" "$p99" "$max"
 }
 
 step saturating 16 256

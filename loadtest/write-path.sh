@@ -11,6 +11,8 @@
 #   4. the outbox relay alone, draining what steps 2 and 3 left (events/s until the outbox is empty)
 #   5. the cache updater alone, a new consumer group reading the whole topic (events/s until its lag
 #      is zero, process start and group join included)
+#   6. the project's goose driver, 16 users, against the whole service (API, relay and updater on the
+#      same cores): --weights creates=1, then --weights status-updates=1 (reports in target/loadtest/)
 #
 # Prints each rate, the API's against pgbench's TPC-B-like rate, and for each timed step the cores busy
 # (of 2 here): the service's, ghz's, and the rest (PostgreSQL, mostly). Usage: bash loadtest/write-path.sh
@@ -20,7 +22,7 @@ bash ci/setup.sh
 gobin="$(go env GOPATH)/bin"
 [ -x "$gobin/ghz" ] || go install github.com/bojand/ghz/cmd/ghz@v0.93.0
 export PATH="$gobin:$PATH"
-cargo build --release -q -p harness --bin stack -p service --bin orders-service
+cargo build --release -q -p harness --bin stack -p service --bin orders-service -p loadtest --bin loadtest
 bin="${CARGO_TARGET_DIR:-target}/release"
 seconds="${WRITE_PATH_SECONDS:-20}"
 cores=$(nproc)
@@ -154,7 +156,26 @@ echo "updater:                $total events in $(python3 -c "print(f'{$applied -
 echo "  events through the compare-and-set, by outcome: ${outcomes#* } (${outcomes%% *} of $total)"
 [ "${outcomes%% *}" -ge "$total" ] || { echo "write-path: the updater did not apply every event" >&2; exit 1; }
 
+echo "== goose against the whole service (16 users, ${seconds} s each)"
+out="${LOADTEST_OUT:-target/loadtest}"
+mkdir -p "$out"
+goose_run() { # $1 weights, $2 the RPC: prints its summary (loadtest/goose_summary.py)
+  "$bin/loadtest" -H "http://$GRPC_ADDR" --redis-url "$REDIS_URL" --weights "$1=1" --probe-rate 0 \
+    -u 16 -r 16 -t "${seconds}s" --quiet --report-file "$out/write-path-$1.json" >/dev/null 2>&1
+  python3 loadtest/goose_summary.py "$out/write-path-$1.json" "$2"
+}
+# After the drains, so that the relay and updater measured above had the ghz steps' events alone; here
+# they run beside the API and carry goose's writes as they come.
+start_service "$bin/orders-service" run
+read -r goose_create_rps goose_create_bad _ _ goose_create_p99 _ < <(goose_run creates CreateOrder)
+read -r goose_update_rps goose_update_bad _ _ goose_update_p99 _ < <(goose_run status-updates UpdateOrderStatus)
+stop_service
+echo "CreateOrder (goose):       $goose_create_rps requests/s, p99 $goose_create_p99 ms, $goose_create_bad not OK"
+echo "UpdateOrderStatus (goose): $goose_update_rps requests/s, p99 $goose_update_p99 ms, $goose_update_bad not OK"
+
 echo "== ratios (same run)"
 python3 -c "print(f'CreateOrder / pgbench TPC-B-like:       {$create_rps / $tpcb:.2f}')"
 python3 -c "print(f'UpdateOrderStatus / pgbench TPC-B-like: {$update_rps / $tpcb:.2f}')"
 python3 -c "print(f'CreateOrder / its statement in pgbench: {$create_rps / $create_statement:.2f}')"
+python3 -c "print(f'goose CreateOrder / pgbench TPC-B-like:       {$goose_create_rps / $tpcb:.2f}')"
+python3 -c "print(f'goose UpdateOrderStatus / pgbench TPC-B-like: {$goose_update_rps / $tpcb:.2f}')"
