@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
+pub use tonic_health::pb::health_check_response::ServingStatus as WireStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::server::HealthReporter;
 
@@ -91,8 +91,9 @@ impl HealthMonitor {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Asks the server at `address` for the status of `service` (`grpc.health.v1.Health/Check`), as a
-/// container health check does. An unspecified address (`0.0.0.0`, `::`) is asked on loopback.
-pub async fn probe(address: SocketAddr, service: &str) -> anyhow::Result<ServingStatus> {
+/// container health check does. An unspecified address (`0.0.0.0`, `::`) is asked on loopback. A name
+/// not registered (yet: the monitor registers each at its first check) is `ServiceUnknown`.
+pub async fn probe(address: SocketAddr, service: &str) -> anyhow::Result<WireStatus> {
     let mut address = address;
     if address.ip().is_unspecified() {
         address.set_ip(if address.is_ipv4() {
@@ -111,17 +112,11 @@ pub async fn probe(address: SocketAddr, service: &str) -> anyhow::Result<Serving
         };
         match HealthClient::new(channel).check(request).await {
             Ok(answer) => anyhow::Ok(answer.into_inner().status()),
-            // Not registered (yet: the monitor registers each name at its first check): not serving.
             Err(status) if status.code() == tonic::Code::NotFound => Ok(WireStatus::ServiceUnknown),
             Err(status) => Err(status).context("grpc.health.v1.Health/Check"),
         }
     };
-    let status = tokio::time::timeout(PROBE_TIMEOUT, ask)
+    tokio::time::timeout(PROBE_TIMEOUT, ask)
         .await
-        .with_context(|| format!("no answer from {address} within {PROBE_TIMEOUT:?}"))??;
-    Ok(match status {
-        WireStatus::Serving => ServingStatus::Serving,
-        WireStatus::NotServing | WireStatus::ServiceUnknown => ServingStatus::NotServing,
-        WireStatus::Unknown => ServingStatus::Unknown,
-    })
+        .with_context(|| format!("no answer from {address} within {PROBE_TIMEOUT:?}"))?
 }
