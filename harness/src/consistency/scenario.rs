@@ -126,6 +126,12 @@ impl Fault {
             Self::PostgresRestart => FaultKind::PostgresRestart,
         }
     }
+
+    /// The fault removes cache entries while its traffic runs: writes in it find their key absent
+    /// more often than not, so they seldom make a staleness sample.
+    pub fn loses_keys(self) -> bool {
+        matches!(self, Self::RedisRestart | Self::RedisFlush | Self::RedisEvict)
+    }
 }
 
 impl fmt::Display for Step {
