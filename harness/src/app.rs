@@ -28,7 +28,7 @@ use tonic::transport::Channel;
 
 use crate::client::OrdersClient;
 use crate::inspect::CacheInspector;
-use crate::stack::{Backend, Stack, StackError, StackOptions};
+use crate::stack::{Backend, RedisMode, Stack, StackError, StackOptions};
 
 /// Every part of the service.
 pub const ALL: [Component; 3] = [Component::Api, Component::Relay, Component::Updater];
@@ -46,6 +46,8 @@ pub enum AppError {
     Storage(#[from] StorageError),
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    #[error("redis")]
+    Cache(#[from] service::cache::CacheError),
     #[error("the service runs without its gRPC API")]
     NoApi,
     #[error("cannot connect to the service at {0}")]
@@ -67,10 +69,16 @@ pub async fn shared_stack() -> &'static Stack {
 
 /// A local stack of its own, for a test that stops, kills or wipes its servers.
 pub async fn own_stack() -> Stack {
+    own_stack_with(RedisMode::Single).await
+}
+
+/// A local stack of its own with one Redis or a Redis Cluster.
+pub async fn own_stack_with(redis: RedisMode) -> Stack {
     let options = StackOptions {
         backend: Some(Backend::Local),
         kafka_nodes: 1,
         topics: vec![],
+        redis,
     };
     Stack::start(options)
         .await

@@ -4,24 +4,20 @@
 
 use std::time::{Duration, Instant};
 
-use service::cache::{self, Cached};
+use service::cache::{self, CacheError, Cached, RedisConnection, RedisTarget};
 use service::proto::orders::v1 as pb;
 
-/// Reads the cache's entries as Redis has them.
+/// Reads the cache's entries as Redis has them, on one Redis or a cluster (the service's own
+/// connection type, so a cluster's keys are read where their slots live).
 #[derive(Clone)]
 pub struct CacheInspector {
-    redis: redis::aio::ConnectionManager,
+    redis: RedisConnection,
 }
 
 impl CacheInspector {
-    pub async fn connect(redis_url: &str) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(redis_url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
+    pub async fn connect(redis_url: &str) -> Result<Self, CacheError> {
         Ok(Self {
-            redis: redis::aio::ConnectionManager::new_with_config(client, config).await?,
+            redis: RedisConnection::connect_lazy(&RedisTarget::parse(redis_url)?)?,
         })
     }
 

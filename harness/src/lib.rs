@@ -12,4 +12,6 @@ pub mod node;
 pub mod stack;
 pub mod stats;
 
-pub use stack::{Backend, Endpoints, Service, Stack, StackError, StackOptions, TopicSpec};
+pub use stack::{
+    Backend, Endpoints, RedisFailure, RedisMode, Service, Stack, StackError, StackOptions, TopicSpec,
+};

@@ -48,6 +48,7 @@ impl Harness {
             backend: Some(Backend::Local),
             kafka_nodes,
             topics: vec![],
+            ..StackOptions::default()
         };
         let stack = runtime
             .block_on(Stack::start(options))

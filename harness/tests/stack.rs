@@ -20,6 +20,7 @@ async fn local_stack() -> Stack {
         backend: Some(Backend::Local),
         kafka_nodes: 1,
         topics: vec![TopicSpec::new(TOPIC, 3)],
+        ..StackOptions::default()
     };
     match Stack::start(options).await {
         Ok(stack) => stack,
@@ -333,6 +334,7 @@ async fn a_three_node_kafka_survives_the_loss_of_one_node() {
         backend: Some(Backend::Local),
         kafka_nodes: 3,
         topics: vec![TopicSpec::new(TOPIC, 3)],
+        ..StackOptions::default()
     };
     let stack = Stack::start(options).await.expect("a 3-node stack");
     assert_eq!(stack.kafka_brokers().split(',').count(), 3);

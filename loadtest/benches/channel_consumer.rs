@@ -83,6 +83,7 @@ fn main() {
             backend: Some(Backend::Local),
             kafka_nodes: 1,
             topics: vec![],
+            ..StackOptions::default()
         };
         must("starting the local stack", Stack::start(options).await)
     });

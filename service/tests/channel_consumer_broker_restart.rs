@@ -29,6 +29,7 @@ async fn a_broker_crash_is_survived_without_losing_messages() -> TestResult {
         backend: Some(harness::Backend::Local),
         kafka_nodes: 1,
         topics: vec![harness::TopicSpec::new(topic, PARTITIONS)],
+        ..harness::StackOptions::default()
     })
     .await?;
     let brokers = stack.kafka_brokers();

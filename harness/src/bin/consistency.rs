@@ -168,6 +168,7 @@ fn main() -> anyhow::Result<()> {
             backend: Some(Backend::Local),
             kafka_nodes: cli.kafka_nodes.into(),
             topics: vec![],
+            ..StackOptions::default()
         }))
         .context("starting the local stack")?;
     let config = ClusterConfig {

@@ -7,7 +7,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use harness::{Stack, StackOptions, TopicSpec};
+use harness::{RedisMode, Stack, StackOptions, TopicSpec};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -27,6 +27,10 @@ enum Command {
         /// Topics to create, as NAME:PARTITIONS.
         #[arg(long = "topic", default_value = "order-events:3", value_parser = parse_topic)]
         topics: Vec<TopicSpec>,
+        /// A Redis Cluster (three masters, three replicas) instead of one Redis; `REDIS_URL` then lists
+        /// every node, comma-separated, which is what `orders-service` takes for a cluster.
+        #[arg(long)]
+        redis_cluster: bool,
     },
     /// Print how many messages of a topic a consumer group has not committed yet (0: it read them all).
     Lag {
@@ -56,8 +60,12 @@ fn parse_topic(text: &str) -> Result<TopicSpec, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (kafka_nodes, topics) = match Cli::parse().command {
-        Command::Up { kafka_nodes, topics } => (kafka_nodes, topics),
+    let (kafka_nodes, topics, redis_cluster) = match Cli::parse().command {
+        Command::Up {
+            kafka_nodes,
+            topics,
+            redis_cluster,
+        } => (kafka_nodes, topics, redis_cluster),
         Command::Lag {
             brokers,
             group,
@@ -74,6 +82,11 @@ async fn main() -> anyhow::Result<()> {
         backend: None,
         kafka_nodes: kafka_nodes.into(),
         topics,
+        redis: if redis_cluster {
+            RedisMode::Cluster
+        } else {
+            RedisMode::Single
+        },
     };
     let started = std::time::Instant::now();
     let stack = tokio::select! {

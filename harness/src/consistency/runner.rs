@@ -41,6 +41,8 @@ pub enum RunError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("redis")]
     Redis(#[from] redis::RedisError),
+    #[error("redis")]
+    Cache(#[from] service::cache::CacheError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error("{0}")]

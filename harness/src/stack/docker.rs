@@ -109,6 +109,7 @@ impl DockerStack {
         match service {
             Service::Postgres => self.postgres.pause().await,
             Service::Redis => self.redis.pause().await,
+            Service::RedisNode(_) => return Err(cluster_unsupported()),
             Service::Kafka(_) => self.kafka.pause().await,
         }
         .map_err(docker_error)
@@ -118,8 +119,16 @@ impl DockerStack {
         match service {
             Service::Postgres => self.postgres.unpause().await,
             Service::Redis => self.redis.unpause().await,
+            Service::RedisNode(_) => return Err(cluster_unsupported()),
             Service::Kafka(_) => self.kafka.unpause().await,
         }
         .map_err(docker_error)
+    }
+}
+
+fn cluster_unsupported() -> StackError {
+    StackError::Unsupported {
+        operation: "a Redis Cluster".into(),
+        backend: "docker",
     }
 }

@@ -19,6 +19,7 @@ pub mod error;
 mod local;
 pub(crate) mod process;
 mod readiness;
+pub mod redis_cluster;
 mod tools;
 
 use std::fmt;
@@ -75,7 +76,10 @@ impl std::str::FromStr for Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     Postgres,
+    /// The Redis of a stack with a single Redis.
     Redis,
+    /// A node of the Redis Cluster, counted from 0 (a stack started with [`RedisMode::Cluster`]).
+    RedisNode(usize),
     /// A Kafka node, counted from 0.
     Kafka(usize),
 }
@@ -85,9 +89,32 @@ impl fmt::Display for Service {
         match self {
             Self::Postgres => write!(f, "postgres"),
             Self::Redis => write!(f, "redis"),
+            Self::RedisNode(node) => write!(f, "redis node {node}"),
             Self::Kafka(node) => write!(f, "kafka node {node}"),
         }
     }
+}
+
+/// One Redis, or a Redis Cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedisMode {
+    #[default]
+    Single,
+    /// Three masters and three replicas; `redis_url` lists every node, comma-separated.
+    Cluster,
+}
+
+/// Masters of the cluster [`RedisMode::Cluster`] starts; each has one replica.
+pub const REDIS_CLUSTER_MASTERS: usize = 3;
+
+/// How a cluster master is taken away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisFailure {
+    /// `kill -9`: writes it acknowledged but had not yet sent to its replica are lost.
+    Kill,
+    /// SIGSTOP, for longer than the node timeout: the cluster fails it over while it lives on, and
+    /// it rejoins as a replica once resumed.
+    Pause,
 }
 
 /// Where clients connect.
@@ -124,6 +151,8 @@ pub struct StackOptions {
     /// Kafka nodes (combined broker + controller); 3 for failover tests.
     pub kafka_nodes: usize,
     pub topics: Vec<TopicSpec>,
+    /// One Redis, or a cluster (local backend only).
+    pub redis: RedisMode,
 }
 
 impl Default for StackOptions {
@@ -132,6 +161,7 @@ impl Default for StackOptions {
             backend: None,
             kafka_nodes: 1,
             topics: vec![TopicSpec::new("order-events", 3)],
+            redis: RedisMode::Single,
         }
     }
 }
@@ -146,6 +176,7 @@ pub struct Stack {
     backend: Backend,
     endpoints: Endpoints,
     kafka_nodes: usize,
+    redis: RedisMode,
     topics: Mutex<Vec<TopicSpec>>,
     running: Running,
 }
@@ -164,8 +195,14 @@ impl Stack {
         let kafka_nodes = options.kafka_nodes.max(1);
         let (running, endpoints) = match backend {
             Backend::Local => {
-                let (stack, endpoints) = local::LocalStack::start(kafka_nodes).await?;
+                let (stack, endpoints) = local::LocalStack::start(kafka_nodes, options.redis).await?;
                 (Running::Local(stack), endpoints)
+            }
+            Backend::Docker if options.redis == RedisMode::Cluster => {
+                return Err(StackError::Unsupported {
+                    operation: "a Redis Cluster".into(),
+                    backend: backend.name(),
+                });
             }
             Backend::Docker => {
                 let (stack, endpoints) = docker::DockerStack::start(kafka_nodes).await?;
@@ -177,6 +214,7 @@ impl Stack {
             backend,
             endpoints,
             kafka_nodes,
+            redis: options.redis,
             topics: Mutex::new(Vec::new()),
             running,
         };
@@ -184,9 +222,11 @@ impl Stack {
             readiness::postgres_answers(&stack.endpoints.database_url)
                 .await
                 .map_err(|e| StackError::Setup(format!("DATABASE_URL does not answer: {e}")))?;
-            readiness::redis_answers(&stack.endpoints.redis_url)
-                .await
-                .map_err(|e| StackError::Setup(format!("REDIS_URL does not answer: {e}")))?;
+            for url in stack.redis_nodes() {
+                readiness::redis_answers(url)
+                    .await
+                    .map_err(|e| StackError::Setup(format!("REDIS_URL does not answer: {e}")))?;
+            }
         }
         for topic in &options.topics {
             stack.create_topic(&topic.name, topic.partitions).await?;
@@ -208,6 +248,15 @@ impl Stack {
 
     pub fn redis_url(&self) -> &str {
         &self.endpoints.redis_url
+    }
+
+    /// The URL of each Redis node: one, or every node of the cluster.
+    pub fn redis_nodes(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.redis_url.split(',').map(str::trim)
+    }
+
+    pub fn redis_mode(&self) -> RedisMode {
+        self.redis
     }
 
     pub fn kafka_brokers(&self) -> &str {
@@ -285,6 +334,79 @@ impl Stack {
             Running::Docker(docker) => docker.resume(service).await,
             Running::External => Err(self.unsupported(format!("resuming {service}"))),
         }
+    }
+
+    /// The cluster's nodes that serve slots now (their [`Service::RedisNode`] numbers), as a live node
+    /// sees them once every slot is served.
+    pub async fn redis_masters(&self) -> Result<Vec<usize>> {
+        let witness = self.redis_nodes().next().unwrap_or_default().to_string();
+        let witness = self.live_redis_node(&witness).await?;
+        let nodes = redis_cluster::wait_serving(&witness).await?;
+        Ok(nodes
+            .iter()
+            .filter(|n| n.master && n.slots > 0 && !n.failing)
+            .filter_map(|n| self.redis_node_number(&n.address))
+            .collect())
+    }
+
+    /// Kills (`kill -9`) or pauses (SIGSTOP) a master of the cluster and waits until its replica has
+    /// taken over its slots. A paused master stays paused: [`resume`](Self::resume) it, and it rejoins
+    /// as a replica.
+    pub async fn fail_over_redis(&self, node: usize, how: RedisFailure) -> Result<()> {
+        let service = Service::RedisNode(node);
+        match how {
+            RedisFailure::Kill => self.kill(service).await?,
+            RedisFailure::Pause => self.pause(service).await?,
+        }
+        let lost = self.redis_address(node)?;
+        let witness = self
+            .redis_nodes()
+            .find(|url| !url.contains(&lost))
+            .unwrap_or_default()
+            .to_string();
+        redis_cluster::wait_failed_over(&witness, &lost)
+            .await
+            .map_err(|error| match &self.running {
+                Running::Local(local) => StackError::Setup(format!("{error}\n{}", local.redis_log_tails(15))),
+                _ => error,
+            })
+    }
+
+    /// Waits until the cluster is whole again: every master with a replica, no node failing (after a
+    /// failed master was started or resumed).
+    pub async fn wait_redis_cluster_healthy(&self) -> Result<()> {
+        let url = self.redis_nodes().next().unwrap_or_default().to_string();
+        let url = self.live_redis_node(&url).await?;
+        redis_cluster::wait_healthy(&url, REDIS_CLUSTER_MASTERS)
+            .await
+            .map(drop)
+    }
+
+    /// `host:port` of cluster node `node`.
+    fn redis_address(&self, node: usize) -> Result<String> {
+        let url = self
+            .redis_nodes()
+            .nth(node)
+            .ok_or_else(|| StackError::Setup(format!("no Redis node {node}")))?;
+        Ok(url
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_string())
+    }
+
+    fn redis_node_number(&self, address: &str) -> Option<usize> {
+        (0..self.redis_nodes().count()).find(|&n| self.redis_address(n).is_ok_and(|a| a == address))
+    }
+
+    /// `preferred` if it answers, else the first node that does.
+    async fn live_redis_node(&self, preferred: &str) -> Result<String> {
+        let candidates = std::iter::once(preferred).chain(self.redis_nodes());
+        for url in candidates {
+            if redis_cluster::view(url).await.is_ok() {
+                return Ok(url.to_string());
+            }
+        }
+        Err(StackError::Setup("no Redis Cluster node answers".into()))
     }
 
     /// Process ids of the local servers (empty for the other backends).

@@ -52,6 +52,14 @@ pub fn redis_server() -> Result<PathBuf> {
     })
 }
 
+/// `redis-cli`, which forms a cluster (`--cluster create`); Debian's `redis-server` brings it.
+pub fn redis_cli() -> Result<PathBuf> {
+    find_program("redis-cli", &[]).ok_or_else(|| StackError::Missing {
+        what: "redis-cli".into(),
+        hint: "run `bash ci/setup.sh`, or `apt-get install -y redis-tools`".into(),
+    })
+}
+
 pub fn java() -> Result<PathBuf> {
     let java_home = std::env::var_os("JAVA_HOME")
         .map(|home| vec![PathBuf::from(home).join("bin")])

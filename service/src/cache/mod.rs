@@ -33,24 +33,29 @@
 //! * **Cost.** A hit is one `MGET`, as without leases; a miss costs one round trip more (the lease
 //!   script, pipelined for all the misses of a read).
 //!
-//! What it does not cover: a Redis that goes *back in time* (a failover to a replica that missed
-//! acknowledged writes, a restart from an old snapshot) can bring back an older entry or a revoked
-//! lease. The local stack runs Redis without persistence, so a restart starts empty.
+//! What it does not cover: a Redis that goes *back in time* (a restart from an old snapshot, a
+//! failover to a replica that had copied an older entry but not the newer one that replaced it) can
+//! bring back an older entry or a revoked lease. The local stack runs Redis without persistence, so a
+//! restart starts empty.
+//!
+//! The cache runs on one Redis or on a Redis Cluster ([`connection`]): the scripts touch one key
+//! each, so they run wherever the key's slot lives.
 //!
 //! Redis is an optimisation, never a dependency: every call has a short response timeout, and callers
 //! treat an error as a miss.
 
 pub mod breaker;
+pub mod connection;
 mod entry;
 mod scripts;
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
 pub use breaker::CircuitBreaker;
+pub use connection::{RedisConnection, RedisTarget};
 pub use entry::{Cached, LEASE_PREFIX, Lease, decode, encode, key, version};
 pub use scripts::WriteOutcome;
+use scripts::{CacheScript, ScriptCall};
 
 use crate::domain::OrderId;
 use crate::proto::orders::v1 as pb;
@@ -66,6 +71,10 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered {0} to a cache script")]
     UnexpectedReply(i64),
+    #[error("REDIS_URL names no Redis")]
+    NoUrl,
+    #[error("REDIS_URL: {url} is not a Redis URL")]
+    BadUrl { url: String, source: redis::RedisError },
 }
 
 /// A key the reader found without a usable entry.
@@ -78,30 +87,32 @@ pub struct Miss<'a> {
 
 #[derive(Clone)]
 pub struct OrderCache {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     ttl: Duration,
-    lease: redis::Script,
-    write: redis::Script,
+    lease: std::sync::Arc<CacheScript>,
+    write: std::sync::Arc<CacheScript>,
 }
 
 impl OrderCache {
-    /// Connects lazily: the service starts while Redis is down and uses it once it answers.
+    /// Connects lazily to `url` (one Redis, or a comma-separated list of a cluster's nodes): the
+    /// service starts while Redis is down and uses it once it answers.
     pub fn connect_lazy(url: &str, ttl: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
+        let target = RedisTarget::parse(url)?;
         Ok(Self {
-            redis: ConnectionManager::new_lazy_with_config(client, config)?,
+            redis: RedisConnection::connect_lazy(&target)?,
             ttl,
-            lease: redis::Script::new(scripts::LEASE),
-            write: redis::Script::new(scripts::WRITE),
+            lease: std::sync::Arc::new(CacheScript::new(scripts::LEASE)),
+            write: std::sync::Arc::new(CacheScript::new(scripts::WRITE)),
         })
     }
 
-    /// One `MGET` for all `ids`; the answer is in the order of `ids`.
+    /// Whether the cache is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.redis, RedisConnection::Cluster(_))
+    }
+
+    /// One `MGET` for all `ids` (on a cluster, one per slot, sent at once); the answer is in the order
+    /// of `ids`.
     pub async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Cached>, CacheError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -116,18 +127,20 @@ impl OrderCache {
     /// another reader's lease by now.
     pub async fn lease_many(&self, misses: &[Miss<'_>]) -> Result<Vec<Option<Lease>>, CacheError> {
         let leases: Vec<Lease> = misses.iter().map(|_| Lease::new()).collect();
-        let ttl_ms = LEASE_TTL.as_millis() as u64;
-        let mut pipeline = redis::pipe();
-        for (miss, lease) in misses.iter().zip(&leases) {
-            pipeline.invoke_script(
-                self.lease
-                    .key(key(miss.id.get()))
-                    .arg(lease.token())
-                    .arg(ttl_ms)
-                    .arg(miss.unreadable.unwrap_or_default()),
-            );
-        }
-        let granted: Vec<i64> = self.query_scripts(&pipeline).await?;
+        let ttl_ms = LEASE_TTL.as_millis().to_string().into_bytes();
+        let calls: Vec<ScriptCall> = misses
+            .iter()
+            .zip(&leases)
+            .map(|(miss, lease)| {
+                let args = vec![
+                    lease.token().as_bytes().to_vec(),
+                    ttl_ms.clone(),
+                    miss.unreadable.unwrap_or_default().to_vec(),
+                ];
+                self.lease.call(key(miss.id.get()), args)
+            })
+            .collect();
+        let granted = self.redis.run_scripts(&calls).await?;
         Ok(granted
             .into_iter()
             .zip(leases)
@@ -157,41 +170,23 @@ impl OrderCache {
         if writes.len() == 0 {
             return Ok(Vec::new());
         }
-        let ttl_ms = self.ttl.as_millis().max(1) as u64;
-        let mut pipeline = redis::pipe();
-        for (order, token) in writes {
-            pipeline.invoke_script(
-                self.write
-                    .key(key(order.order_id))
-                    .arg(order.version)
-                    .arg(encode(order))
-                    .arg(ttl_ms)
-                    .arg(token),
-            );
-        }
-        let replies: Vec<i64> = self.query_scripts(&pipeline).await?;
+        let ttl_ms = self.ttl.as_millis().max(1).to_string().into_bytes();
+        let calls: Vec<ScriptCall> = writes
+            .map(|(order, token)| {
+                let args = vec![
+                    order.version.to_string().into_bytes(),
+                    encode(order),
+                    ttl_ms.clone(),
+                    token.as_bytes().to_vec(),
+                ];
+                self.write.call(key(order.order_id), args)
+            })
+            .collect();
+        let replies = self.redis.run_scripts(&calls).await?;
         replies
             .into_iter()
             .map(|reply| WriteOutcome::from_reply(reply).ok_or(CacheError::UnexpectedReply(reply)))
             .collect()
-    }
-
-    /// Runs a pipeline of `EVALSHA`s; if Redis lost its script cache (a restart, `SCRIPT FLUSH`), loads
-    /// the scripts and runs it once more.
-    async fn query_scripts(&self, pipeline: &redis::Pipeline) -> Result<Vec<i64>, CacheError> {
-        if pipeline.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut redis = self.redis.clone();
-        match pipeline.query_async(&mut redis).await {
-            Ok(replies) => Ok(replies),
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.lease.prepare_invoke().load_async(&mut redis).await?;
-                self.write.prepare_invoke().load_async(&mut redis).await?;
-                Ok(pipeline.query_async(&mut redis).await?)
-            }
-            Err(error) => Err(error.into()),
-        }
     }
 
     pub async fn ping(&self) -> Result<(), CacheError> {

@@ -54,6 +54,63 @@ end
 return 3
 ";
 
+/// A cache script: its source and the SHA1 that `EVALSHA` names it by.
+#[derive(Debug)]
+pub struct CacheScript {
+    source: &'static str,
+    hash: String,
+}
+
+impl CacheScript {
+    pub fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            hash: redis::Script::new(source).get_hash().to_string(),
+        }
+    }
+
+    /// A call of this script on `key` with `args`.
+    pub fn call(&self, key: String, args: Vec<Vec<u8>>) -> ScriptCall<'_> {
+        ScriptCall {
+            script: self,
+            key,
+            args,
+        }
+    }
+}
+
+/// How a call names its script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invoke {
+    /// `EVALSHA`: the usual way, the script is cached on the node.
+    ByHash,
+    /// `EVAL` with the source, after a node answered `NOSCRIPT`; it caches the script there.
+    WithSource,
+}
+
+/// One call of a cache script on one key.
+#[derive(Debug)]
+pub struct ScriptCall<'s> {
+    script: &'s CacheScript,
+    pub key: String,
+    args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall<'_> {
+    pub fn command(&self, invoke: Invoke) -> redis::Cmd {
+        let (name, script) = match invoke {
+            Invoke::ByHash => ("EVALSHA", self.script.hash.as_str()),
+            Invoke::WithSource => ("EVAL", self.script.source),
+        };
+        let mut command = redis::cmd(name);
+        command.arg(script).arg(1).arg(&self.key);
+        for arg in &self.args {
+            command.arg(arg.as_slice());
+        }
+        command
+    }
+}
+
 /// What [`WRITE`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {

@@ -6,6 +6,7 @@ mod faults;
 mod health_check;
 mod helpers;
 mod overload;
+mod redis_cluster;
 mod reflection;
 mod relay;
 mod rpcs;

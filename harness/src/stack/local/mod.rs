@@ -14,23 +14,24 @@ use self::workdir::{WorkDir, free_port};
 use super::error::{Result, StackError};
 use super::process::{Launch, ManagedProcess};
 use super::readiness::{self, READY_TIMEOUT};
-use super::{Endpoints, Service};
+use super::{Endpoints, REDIS_CLUSTER_MASTERS, RedisMode, Service, redis_cluster, tools};
 
 type Shared = Arc<Mutex<ManagedProcess>>;
 
 pub struct LocalStack {
     // Fields drop in order: the processes stop before their directory is deleted.
     postgres: Shared,
-    redis: Shared,
+    /// One Redis, or every node of the cluster.
+    redis: Vec<Shared>,
+    redis_mode: RedisMode,
     kafka: Vec<Shared>,
     workdir: WorkDir,
 }
 
 impl LocalStack {
-    pub async fn start(kafka_nodes: usize) -> Result<(Self, Endpoints)> {
+    pub async fn start(kafka_nodes: usize, redis_mode: RedisMode) -> Result<(Self, Endpoints)> {
         let workdir = WorkDir::create()?;
         let pg_port = free_port()?;
-        let redis_port = free_port()?;
         let kafka_ports = (0..kafka_nodes.max(1))
             .map(|_| {
                 Ok(kafka::NodePorts {
@@ -50,13 +51,28 @@ impl LocalStack {
             let (dir, ports) = (dir.clone(), kafka_ports.clone());
             move || kafka::prepare(&dir, &ports)
         });
-        let redis_launch = redis::prepare(&dir, redis_port)?;
+        let redis_launches = match redis_mode {
+            RedisMode::Single => vec![redis::prepare(&dir, free_port()?)?],
+            RedisMode::Cluster => (0..REDIS_CLUSTER_MASTERS * 2)
+                .map(|index| {
+                    let ports = redis::ClusterPorts {
+                        client: free_port()?,
+                        bus: free_port()?,
+                    };
+                    redis::prepare_cluster_node(&dir, index, ports)
+                })
+                .collect::<Result<_>>()?,
+        };
         let pg_launch = join_blocking(pg_prepare).await??;
         let kafka_launches = join_blocking(kafka_prepare).await??;
 
         let endpoints = Endpoints {
             database_url: pg_launch.url,
-            redis_url: redis_launch.url,
+            redis_url: redis_launches
+                .iter()
+                .map(|launch| launch.url.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
             kafka_brokers: kafka_ports
                 .iter()
                 .map(|p| format!("127.0.0.1:{}", p.broker))
@@ -65,13 +81,17 @@ impl LocalStack {
         };
         let stack = Self {
             postgres: spawn(pg_launch.launch)?,
-            redis: spawn(redis_launch.launch)?,
+            redis: redis_launches
+                .into_iter()
+                .map(|launch| spawn(launch.launch))
+                .collect::<Result<_>>()?,
+            redis_mode,
             kafka: kafka_launches.into_iter().map(spawn).collect::<Result<_>>()?,
             workdir,
         };
         let (pg, redis, kafka) = tokio::join!(
             stack.wait_ready(Service::Postgres, &endpoints),
-            stack.wait_ready(Service::Redis, &endpoints),
+            stack.redis_ready(&endpoints),
             stack.wait_ready(Service::Kafka(0), &endpoints),
         );
         pg?;
@@ -80,11 +100,45 @@ impl LocalStack {
         Ok((stack, endpoints))
     }
 
+    /// Every Redis node answers; a cluster is formed and healthy.
+    async fn redis_ready(&self, endpoints: &Endpoints) -> Result<()> {
+        if self.redis_mode == RedisMode::Single {
+            return self.wait_ready(Service::Redis, endpoints).await;
+        }
+        for node in 0..self.redis.len() {
+            self.wait_ready(Service::RedisNode(node), endpoints).await?;
+        }
+        let addresses: Vec<String> = redis_urls(endpoints)
+            .map(|url| {
+                url.trim_start_matches("redis://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
+        redis_cluster::create(&tools::redis_cli()?, &addresses).await?;
+        let first = redis_urls(endpoints).next().unwrap_or_default();
+        redis_cluster::wait_healthy(first, REDIS_CLUSTER_MASTERS)
+            .await
+            .map(drop)
+    }
+
     fn process(&self, service: Service) -> Result<&Shared> {
-        match service {
-            Service::Postgres => Ok(&self.postgres),
-            Service::Redis => Ok(&self.redis),
-            Service::Kafka(node) => self.kafka.get(node).ok_or_else(|| {
+        match (service, self.redis_mode) {
+            (Service::Postgres, _) => Ok(&self.postgres),
+            (Service::Redis, RedisMode::Single) => Ok(&self.redis[0]),
+            (Service::Redis, RedisMode::Cluster) => Err(StackError::Setup(
+                "the stack runs a Redis Cluster: name one of its nodes".into(),
+            )),
+            (Service::RedisNode(_), RedisMode::Single) => Err(StackError::Setup(
+                "the stack runs a single Redis, not a cluster".into(),
+            )),
+            (Service::RedisNode(node), RedisMode::Cluster) => self.redis.get(node).ok_or_else(|| {
+                StackError::Setup(format!(
+                    "no Redis node {node}: the cluster has {}",
+                    self.redis.len()
+                ))
+            }),
+            (Service::Kafka(node), _) => self.kafka.get(node).ok_or_else(|| {
                 StackError::Setup(format!(
                     "no Kafka node {node}: the stack has {}",
                     self.kafka.len()
@@ -106,6 +160,10 @@ impl LocalStack {
                 match service {
                     Service::Postgres => readiness::postgres_answers(&endpoints.database_url).await,
                     Service::Redis => readiness::redis_answers(&endpoints.redis_url).await,
+                    Service::RedisNode(node) => {
+                        let url = redis_urls(endpoints).nth(node).unwrap_or_default();
+                        readiness::redis_answers(url).await
+                    }
                     Service::Kafka(_) => {
                         let brokers = &endpoints.kafka_brokers;
                         readiness::kafka_metadata_ready(brokers, self.kafka.len(), &[]).await?;
@@ -167,9 +225,22 @@ impl LocalStack {
         Ok(process.start()?)
     }
 
+    /// The last `lines` of each Redis node's log, for an error that needs the cluster's own account.
+    pub fn redis_log_tails(&self, lines: usize) -> String {
+        self.redis
+            .iter()
+            .enumerate()
+            .filter_map(|(node, p)| {
+                let p = p.lock().ok()?;
+                Some(format!("--- redis node {node} ---\n{}", p.log_tail(lines)))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         std::iter::once(&self.postgres)
-            .chain(std::iter::once(&self.redis))
+            .chain(self.redis.iter())
             .chain(self.kafka.iter())
             .filter_map(|p| p.lock().ok().and_then(|p| p.pid()))
             .collect()
@@ -187,6 +258,10 @@ impl LocalStack {
         action(&mut process);
         Ok(())
     }
+}
+
+fn redis_urls(endpoints: &Endpoints) -> impl Iterator<Item = &str> {
+    endpoints.redis_url.split(',')
 }
 
 fn spawn(launch: Launch) -> Result<Shared> {
