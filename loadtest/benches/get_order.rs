@@ -133,7 +133,10 @@ fn main() {
     let runtime = common::runtime();
 
     let (stack, cached_service, uncached_service, stub, ids, cache, cache_off) = runtime.block_on(async {
-        let stack = must("starting the local stack", LocalStack::start("bench").await);
+        let stack = must(
+            "starting the local stack",
+            LocalStack::start("bench", harness::RedisMode::Single).await,
+        );
         let all = [Component::Api, Component::Relay, Component::Updater];
         let cached_service = must("the service", stack.spawn(stack.settings().clone(), &all).await);
         let stub = must("the refusing Redis", RefusingRedis::start().await);

@@ -5,9 +5,7 @@
 //! Only the run's own keys are touched (`order:{id}` of the orders it created), never `FLUSHALL`:
 //! the Redis may be shared.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use service::cache::{CacheError, RedisConnection, RedisTarget};
 use service::domain::OrderId;
 
 /// Keys per `DEL` or `EXISTS`, to keep each command small.
@@ -17,24 +15,24 @@ const KEYS_PER_COMMAND: usize = 1000;
 pub enum CacheAdminError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("redis")]
+    Cache(#[from] CacheError),
     #[error("order id {0} is not valid")]
     OrderId(i64),
 }
 
+/// One Redis or a cluster (the service's connection type: on a cluster, `DEL` and `EXISTS` go to
+/// each key's master and their counts are summed).
 #[derive(Clone)]
 pub struct CacheAdmin {
-    redis: ConnectionManager,
+    redis: RedisConnection,
 }
 
 impl CacheAdmin {
-    /// Connects now, so that a wrong `--redis-url` fails before the run rather than in it.
+    /// Connects and pings now, so that a wrong `--redis-url` fails before the run rather than in it.
     pub async fn connect(url: &str) -> Result<Self, CacheAdminError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_with_config(client, config).await?;
+        let mut redis = RedisConnection::connect_lazy(&RedisTarget::parse(url)?)?;
+        let _: String = redis::cmd("PING").query_async(&mut redis).await?;
         Ok(Self { redis })
     }
 

@@ -68,6 +68,11 @@ struct Options {
     #[arg(long, conflicts_with_all = ["host", "redis_url", "service_pid", "allow_remote"])]
     start_service: bool,
 
+    /// With --start-service: the cache on a Redis Cluster (three masters, three replicas) instead of
+    /// one Redis.
+    #[arg(long, requires = "start_service")]
+    redis_cluster: bool,
+
     /// Allow --host to name another machine (by default only loopback addresses are loaded).
     #[arg(long)]
     allow_remote: bool,
@@ -136,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
     complete_goose_defaults(&mut goose);
 
     let local = match options.start_service {
-        true => Some(start_local().await?),
+        true => Some(start_local(options.redis_cluster).await?),
         false => None,
     };
     let endpoint = match &local {
@@ -340,9 +345,14 @@ fn attack(
     Ok(attack)
 }
 
-async fn start_local() -> anyhow::Result<(LocalStack, App)> {
-    eprintln!("loadtest: starting PostgreSQL, Redis and Kafka (local processes)");
-    let stack = LocalStack::start("loadtest").await?;
+async fn start_local(redis_cluster: bool) -> anyhow::Result<(LocalStack, App)> {
+    let redis = if redis_cluster {
+        harness::RedisMode::Cluster
+    } else {
+        harness::RedisMode::Single
+    };
+    eprintln!("loadtest: starting PostgreSQL, Redis ({redis:?}) and Kafka (local processes)");
+    let stack = LocalStack::start("loadtest", redis).await?;
     let service = stack.spawn(stack.settings().clone(), &harness::app::ALL).await?;
     eprintln!("loadtest: service listening at {}", service.endpoint());
     Ok((stack, service))

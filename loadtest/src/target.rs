@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use harness::app::{App, AppError, Environment};
-use harness::{Backend, Stack, StackOptions};
+use harness::{Backend, RedisMode, Stack, StackOptions};
 use service::config::{Component, Settings};
 use service::proto::orders::v1::order_service_client::OrderServiceClient;
 use tonic::transport::{Channel, Endpoint};
@@ -43,13 +43,14 @@ pub struct LocalStack {
 }
 
 impl LocalStack {
-    /// Starts PostgreSQL, Redis and one Kafka node, and prepares database `name`, topic
-    /// `<name>-order-events` (3 partitions, as the service creates it) and its dead-letter topic.
-    pub async fn start(name: &str) -> Result<Self, TargetError> {
+    /// Starts PostgreSQL, Redis (one, or a cluster) and one Kafka node, and prepares database `name`,
+    /// topic `<name>-order-events` (3 partitions, as the service creates it) and its dead-letter topic.
+    pub async fn start(name: &str, redis: RedisMode) -> Result<Self, TargetError> {
         let options = StackOptions {
             backend: Some(Backend::Local),
             kafka_nodes: 1,
             topics: vec![],
+            redis,
         };
         let stack = Stack::start(options).await?;
         let env = Environment::new(&stack, name).await?;

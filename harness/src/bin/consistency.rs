@@ -16,7 +16,7 @@ use harness::consistency::scenario::{Assignment, Fault, FaultKind, Step};
 use harness::consistency::workload::Mix;
 use harness::consistency::{ClusterConfig, check, run};
 use harness::node::Variant;
-use harness::{Backend, Stack, StackOptions};
+use harness::{Backend, RedisMode, Stack, StackOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -58,6 +58,12 @@ struct Cli {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     kafka_nodes: u8,
 
+    /// A Redis Cluster (three masters, three replicas) instead of one Redis. The faults of a single
+    /// Redis process (redis-restart, redis-evict, redis-pause) then give way to a master's failover
+    /// (redis-master-kill, redis-master-pause).
+    #[arg(long)]
+    redis_cluster: bool,
+
     /// Cache-updater instances at the start (faults add and remove them, between 1 and 3).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
     updaters: u8,
@@ -88,8 +94,8 @@ fn positive_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// The fault rotation named by `--faults`.
-fn parse_faults(text: &str) -> anyhow::Result<Vec<Fault>> {
+/// The fault rotation named by `--faults`, among those that run where Redis is `redis`.
+fn parse_faults(text: &str, redis: RedisMode) -> anyhow::Result<Vec<Fault>> {
     let all = [
         Fault::AddUpdater,
         Fault::KillUpdater,
@@ -110,9 +116,12 @@ fn parse_faults(text: &str) -> anyhow::Result<Vec<Fault>> {
         Fault::RedisPause {
             restart_updater: false,
         },
+        Fault::RedisMasterKill,
+        Fault::RedisMasterPause,
     ];
+    let all: Vec<Fault> = all.into_iter().filter(|f| f.runs_on(redis)).collect();
     match text {
-        "all" => Ok(all.to_vec()),
+        "all" => Ok(all),
         "none" => Ok(Vec::new()),
         list => list
             .split(',')
@@ -123,9 +132,12 @@ fn parse_faults(text: &str) -> anyhow::Result<Vec<Fault>> {
                     .find(|f| f.kind().name() == name)
                     .with_context(|| {
                         let known: Vec<&str> = FaultKind::ALL.iter().map(|kind| kind.name()).collect();
+                        let here: Vec<&str> = all.iter().map(|f| f.kind().name()).collect();
                         format!(
-                            "unknown fault {name:?}; known: {}, or all, or none",
-                            known.join(", ")
+                            "unknown fault {name:?}, or one that does not run on a {redis:?} Redis; \
+                             known: {}; here: {}, or all, or none",
+                            known.join(", "),
+                            here.join(", ")
                         )
                     })
             })
@@ -158,7 +170,12 @@ fn node_binary() -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let faults = parse_faults(&cli.faults)?;
+    let redis = if cli.redis_cluster {
+        RedisMode::Cluster
+    } else {
+        RedisMode::Single
+    };
+    let faults = parse_faults(&cli.faults, redis)?;
     let node_binary = node_binary()?;
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -168,7 +185,7 @@ fn main() -> anyhow::Result<()> {
             backend: Some(Backend::Local),
             kafka_nodes: cli.kafka_nodes.into(),
             topics: vec![],
-            ..StackOptions::default()
+            redis,
         }))
         .context("starting the local stack")?;
     let config = ClusterConfig {

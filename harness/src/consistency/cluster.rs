@@ -23,6 +23,7 @@ use crate::client::OrdersClient;
 use crate::node::Variant;
 use crate::stack::process::{Launch, ManagedProcess};
 use crate::stack::{Stack, StackError};
+use service::cache::{RedisConnection, RedisTarget};
 
 /// What one run needs to know to start instances.
 #[derive(Debug, Clone)]
@@ -72,8 +73,10 @@ impl Cluster {
         let topic = format!("orders-{run}");
         stack.create_topic(&topic, config.partitions).await?;
         stack.create_topic(&format!("{topic}.dlq"), 1).await?;
-        let redis = redis::Client::open(stack.redis_url())?;
-        let mut connection = redis.get_multiplexed_async_connection().await?;
+        // On a cluster, `FLUSHALL` goes to every master.
+        let target = RedisTarget::parse(stack.redis_url()).map_err(|e| StackError::Setup(e.to_string()))?;
+        let mut connection =
+            RedisConnection::connect_lazy(&target).map_err(|e| StackError::Setup(e.to_string()))?;
         let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
         std::fs::create_dir_all(&config.log_dir)?;
 

@@ -10,7 +10,8 @@ use super::cluster::Cluster;
 use super::runner::RunError;
 use super::scenario::Fault;
 use super::workload::Workload;
-use crate::stack::{Service, Stack};
+use crate::stack::{RedisFailure, Service, Stack};
+use service::cache::{RedisConnection, RedisTarget};
 
 /// The longest a fault's own traffic runs (so the longest a fault lasts, healing aside).
 const FAULT_TRAFFIC_LIMIT: Duration = Duration::from_secs(10);
@@ -33,6 +34,13 @@ pub async fn inject(
 ) -> Result<Injected, RunError> {
     let load = || workload.traffic_within(traffic, 2, seed, FAULT_TRAFFIC_LIMIT);
     let mut injected = Injected::default();
+    if !fault.runs_on(stack.redis_mode()) {
+        return Err(RunError::Unexpected(format!(
+            "fault {} cannot run where Redis is {:?}",
+            fault.kind(),
+            stack.redis_mode()
+        )));
+    }
     match fault {
         Fault::AddUpdater => {
             if cluster.updaters() < 3 {
@@ -82,7 +90,8 @@ pub async fn inject(
             load().await;
         }
         Fault::RedisFlush => {
-            let redis = redis_connection(stack).await?;
+            // On a cluster, `FLUSHALL` goes to every master.
+            let redis = RedisConnection::connect_lazy(&RedisTarget::parse(stack.redis_url())?)?;
             // Every 50 to 300 ms while the traffic lasts.
             let flushes = async {
                 let mut rng = StdRng::seed_from_u64(seed);
@@ -124,6 +133,25 @@ pub async fn inject(
                 cluster.add_updater()?;
             }
             stack.resume(Service::Redis).await?;
+        }
+        Fault::RedisMasterKill | Fault::RedisMasterPause => {
+            let masters = stack.redis_masters().await?;
+            let node = masters[seed as usize % masters.len()];
+            let how = match fault {
+                Fault::RedisMasterKill => RedisFailure::Kill,
+                _ => RedisFailure::Pause,
+            };
+            let fail_over = async {
+                tokio::time::sleep(Duration::from_millis(100 + seed % 200)).await;
+                stack.fail_over_redis(node, how).await
+            };
+            let (_, failed_over) = tokio::join!(load(), fail_over);
+            failed_over?;
+            match how {
+                RedisFailure::Kill => stack.start_service(Service::RedisNode(node)).await?,
+                RedisFailure::Pause => stack.resume(Service::RedisNode(node)).await?,
+            }
+            stack.wait_redis_cluster_healthy().await?;
         }
         Fault::PostgresRestart => {
             let restart = async {

@@ -8,6 +8,8 @@ use std::fmt;
 
 use proptest::prelude::*;
 
+use crate::stack::RedisMode;
+
 pub use service::config::Assignment;
 
 /// One step of a scenario.
@@ -53,6 +55,12 @@ pub enum Fault {
     RedisPause { restart_updater: bool },
     /// PostgreSQL restarted during traffic.
     PostgresRestart,
+    /// Redis Cluster: a master killed with SIGKILL during traffic; its replica takes over its slots
+    /// (writes it had not yet copied are lost); then the node starts again and rejoins as a replica.
+    RedisMasterKill,
+    /// Redis Cluster: a master frozen (SIGSTOP) during traffic until its replica takes over, then
+    /// resumed: it finds itself replaced and rejoins as a replica.
+    RedisMasterPause,
 }
 
 /// A fault's kind, without its parameters: what reports count, and what `--faults` names.
@@ -70,10 +78,12 @@ pub enum FaultKind {
     RedisEvict,
     RedisPause,
     PostgresRestart,
+    RedisMasterKill,
+    RedisMasterPause,
 }
 
 impl FaultKind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::AddUpdater,
         Self::RemoveUpdater,
         Self::KillUpdater,
@@ -85,6 +95,8 @@ impl FaultKind {
         Self::RedisEvict,
         Self::RedisPause,
         Self::PostgresRestart,
+        Self::RedisMasterKill,
+        Self::RedisMasterPause,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +112,21 @@ impl FaultKind {
             Self::RedisEvict => "redis-evict",
             Self::RedisPause => "redis-pause",
             Self::PostgresRestart => "postgres-restart",
+            Self::RedisMasterKill => "redis-master-kill",
+            Self::RedisMasterPause => "redis-master-pause",
+        }
+    }
+}
+
+impl FaultKind {
+    /// Whether the fault can be injected where the cache runs on `redis`: the faults of one Redis
+    /// process (restart, eviction, pause) need that one Redis, a master's failover needs a cluster;
+    /// `FLUSHALL` goes to every master of a cluster.
+    pub fn runs_on(self, redis: RedisMode) -> bool {
+        match self {
+            Self::RedisRestart | Self::RedisEvict | Self::RedisPause => redis == RedisMode::Single,
+            Self::RedisMasterKill | Self::RedisMasterPause => redis == RedisMode::Cluster,
+            _ => true,
         }
     }
 }
@@ -124,7 +151,14 @@ impl Fault {
             Self::RedisEvict => FaultKind::RedisEvict,
             Self::RedisPause { .. } => FaultKind::RedisPause,
             Self::PostgresRestart => FaultKind::PostgresRestart,
+            Self::RedisMasterKill => FaultKind::RedisMasterKill,
+            Self::RedisMasterPause => FaultKind::RedisMasterPause,
         }
+    }
+
+    /// Whether the fault can be injected where the cache runs on `redis` ([`FaultKind::runs_on`]).
+    pub fn runs_on(self, redis: RedisMode) -> bool {
+        self.kind().runs_on(redis)
     }
 
     /// The fault removes cache entries while its traffic runs: writes in it find their key absent
@@ -172,6 +206,14 @@ impl fmt::Display for Step {
                         restart_updater: true,
                     } => "pause Redis, replace a cache-updater instance mid-batch, resume Redis".to_string(),
                     Fault::PostgresRestart => "restart PostgreSQL".to_string(),
+                    Fault::RedisMasterKill => {
+                        "kill -9 a Redis Cluster master, wait for its replica to take over, start it again"
+                            .to_string()
+                    }
+                    Fault::RedisMasterPause => {
+                        "pause a Redis Cluster master until its replica takes over, then resume it"
+                            .to_string()
+                    }
                 };
                 write!(f, "{what}, with {traffic} status changes meanwhile (seed {seed})")
             }
@@ -194,6 +236,20 @@ impl fmt::Display for Scenario {
         }
         Ok(())
     }
+}
+
+/// The faults of a Redis Cluster run: those of [`fault_strategy`] that need no single Redis, and a
+/// master killed. (A master paused until replaced is left to the soak command: see
+/// docs/CONSISTENCY.md.)
+pub fn cluster_fault_strategy() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        1 => Just(Fault::AddUpdater),
+        1 => Just(Fault::KillUpdater),
+        1 => Just(Fault::KillApi),
+        1 => any::<bool>().prop_map(|kill_api| Fault::KafkaDown { kill_api }),
+        1 => Just(Fault::RedisFlush),
+        2 => Just(Fault::RedisMasterKill),
+    ]
 }
 
 pub fn fault_strategy() -> impl Strategy<Value = Fault> {

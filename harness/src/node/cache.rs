@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use rand::Rng;
-use redis::aio::ConnectionManager;
-use service::cache::{CacheError, Cached, Lease, Miss, OrderCache, WriteOutcome, encode};
+use service::cache::{
+    CacheError, Cached, Lease, Miss, OrderCache, RedisConnection, RedisTarget, WriteOutcome, encode,
+};
 use service::domain::OrderId;
 use service::events::cache_updater::UpdateCache;
 use service::proto::orders::v1 as pb;
@@ -123,22 +124,19 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
-/// The broken writers' own connection to Redis, with the service's entry format and TTL.
+/// The broken writers' own connection to Redis (one, or a cluster), with the service's entry format
+/// and TTL.
 #[derive(Clone)]
 pub struct RawWrites {
-    redis: ConnectionManager,
+    redis: RedisConnection,
     ttl: Duration,
     if_absent_or_older: redis::Script,
 }
 
 impl RawWrites {
     pub async fn connect(url: &str, ttl: Duration) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)));
         Ok(Self {
-            redis: ConnectionManager::new_lazy_with_config(client, config)?,
+            redis: RedisConnection::connect_lazy(&RedisTarget::parse(url)?)?,
             ttl,
             if_absent_or_older: redis::Script::new(IF_ABSENT_OR_OLDER),
         })
