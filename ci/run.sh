@@ -2,17 +2,27 @@
 # The run command of the README: installs what is missing, starts PostgreSQL, Redis and Kafka as local
 # processes (harness `stack up`), then the orders service on them, in the foreground. Ctrl-C stops both.
 #
+#   bash ci/run.sh                   # one Redis
+#   bash ci/run.sh --redis-cluster   # the cache on a Redis Cluster (three masters, three replicas)
+#
 #   GRPC_ADDR     (default 127.0.0.1:50051)   where the gRPC API listens
 #   METRICS_ADDR  (default 127.0.0.1:9464)    Prometheus metrics at /metrics
 #   RUST_LOG      (default info)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+stack_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --redis-cluster) stack_args+=(--redis-cluster) ;;
+    *) echo "usage: bash ci/run.sh [--redis-cluster]" >&2; exit 2 ;;
+  esac
+done
 bash ci/setup.sh
 cargo build -q -p harness --bin stack -p service --bin orders-service
 
 # shellcheck source=ci/stack.sh
 source ci/stack.sh
-start_stack ./target/debug/stack
+start_stack ./target/debug/stack "${stack_args[@]}"
 export GRPC_ADDR="${GRPC_ADDR:-127.0.0.1:50051}" METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}"
 
 echo "run: stack ready; to reach it from another shell:"

@@ -1,13 +1,14 @@
-# Sourced, not run: `start_stack BINARY` starts the local stack (harness `stack up`) in a session of its
-# own, waits until it is ready, exports its endpoints (DATABASE_URL, REDIS_URL, KAFKA_BROKERS), and stops
-# it when the calling script exits. Used by ci/run.sh and loadtest/soak.sh.
+# Sourced, not run: `start_stack BINARY [ARGS...]` starts the local stack (harness `stack up ARGS...`,
+# e.g. `--redis-cluster`) in a session of its own, waits until it is ready, exports its endpoints
+# (DATABASE_URL, REDIS_URL, KAFKA_BROKERS), and stops it when the calling script exits. Used by ci/run.sh and loadtest/soak.sh.
 
 start_stack() {
   local binary="$1"
+  shift
   STACK_ENDPOINTS="$(mktemp)"
   # A session of its own: Ctrl-C goes to the caller's foreground process only; the stack stops after
   # it (see stop_stack).
-  setsid "$binary" up >"$STACK_ENDPOINTS" &
+  setsid "$binary" up "$@" >"$STACK_ENDPOINTS" &
   STACK_PID=$!
   trap stop_stack EXIT
   for _ in $(seq 1 600); do

@@ -2,6 +2,7 @@
 //! misses fills the cache itself, so it cannot show that the updater did). Uses the service's own cache
 //! key and entry format.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use service::cache::{self, CacheError, Cached, RedisConnection, RedisTarget};
@@ -11,14 +12,36 @@ use service::proto::orders::v1 as pb;
 /// connection type, so a cluster's keys are read where their slots live).
 #[derive(Clone)]
 pub struct CacheInspector {
-    redis: RedisConnection,
+    target: RedisTarget,
+    redis: Arc<Mutex<RedisConnection>>,
 }
 
 impl CacheInspector {
     pub async fn connect(redis_url: &str) -> Result<Self, CacheError> {
+        let target = RedisTarget::parse(redis_url)?;
         Ok(Self {
-            redis: RedisConnection::connect_lazy(&RedisTarget::parse(redis_url)?)?,
+            redis: Arc::new(Mutex::new(RedisConnection::connect_lazy(&target)?)),
+            target,
         })
+    }
+
+    fn connection(&self) -> RedisConnection {
+        match self.redis.lock() {
+            Ok(redis) => redis.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A new connection in place of one that keeps timing out. The cluster client learns a new slot
+    /// map from a redirection or a broken connection, not from a timeout: after a master was paused
+    /// until replaced, a reader that kept asking it all along (the sampler) timed out for good
+    /// (a soak run's probe: 90 s of timeouts, while the service's own reads had recovered).
+    fn reconnect(&self) {
+        if let Ok(fresh) = RedisConnection::connect_lazy(&self.target)
+            && let Ok(mut redis) = self.redis.lock()
+        {
+            *redis = fresh;
+        }
     }
 
     /// The raw value of an order's key.
@@ -27,10 +50,15 @@ impl CacheInspector {
     }
 
     /// Runs `command`, once more if the connection had dropped (after a Redis restart the first
-    /// command finds the old connection broken; the manager reconnects for the next one).
+    /// command finds the old connection broken; the manager reconnects for the next one). A timeout
+    /// replaces the connection for the next command.
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, redis::RedisError> {
-        let mut redis = self.redis.clone();
+        let mut redis = self.connection();
         match command.query_async(&mut redis).await {
+            Err(error) if error.is_timeout() => {
+                self.reconnect();
+                Err(error)
+            }
             Err(error) if error.is_io_error() || error.is_connection_dropped() => {
                 command.query_async(&mut redis).await
             }

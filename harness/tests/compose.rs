@@ -91,6 +91,57 @@ fn the_service_starts_after_its_dependencies_and_reaches_them_by_their_compose_n
     assert!(advertised.contains("INTERNAL://kafka:19092"), "{advertised}");
 }
 
+/// The `redis-cluster` profile: six cluster nodes announcing their compose names, a one-shot that
+/// forms the cluster, and a service that waits for it and names cluster nodes in REDIS_URL (the
+/// comma-separated form `service::cache::RedisTarget` reads as a cluster).
+#[test]
+fn the_cluster_profile_forms_a_cluster_before_the_service_on_it_starts() {
+    let compose = compose_file();
+    let services = compose["services"].as_object().expect("services");
+    let in_profile = |name: &str| {
+        services[name]["profiles"]
+            .as_array()
+            .is_some_and(|profiles| profiles.iter().any(|p| p == "redis-cluster"))
+    };
+    let nodes: Vec<&String> = services.keys().filter(|name| name.starts_with("redis-node-")).collect();
+    assert_eq!(nodes.len(), 6, "three masters and three replicas: {nodes:?}");
+    for node in &nodes {
+        assert!(in_profile(node), "{node} runs only in the redis-cluster profile");
+        let command: Vec<&str> = services[node.as_str()]["command"]
+            .as_array()
+            .expect("a command")
+            .iter()
+            .filter_map(|arg| arg.as_str())
+            .collect();
+        assert!(command.windows(2).any(|w| w == ["--cluster-enabled", "yes"]), "{node}: {command:?}");
+        assert!(
+            command.windows(2).any(|w| w == ["--cluster-announce-hostname", node.as_str()]),
+            "{node} announces its compose name: {command:?}"
+        );
+        assert_eq!(
+            services["redis-cluster-init"]["depends_on"][node.as_str()]["condition"],
+            "service_healthy"
+        );
+    }
+    let service = &services["orders-service-cluster"];
+    assert!(in_profile("orders-service-cluster") && in_profile("redis-cluster-init"));
+    assert_eq!(
+        service["depends_on"]["redis-cluster-init"]["condition"],
+        "service_completed_successfully"
+    );
+    let redis_url = service["environment"]["REDIS_URL"].as_str().unwrap_or_default();
+    let target = service::cache::RedisTarget::parse(redis_url).expect("a valid REDIS_URL");
+    assert!(
+        matches!(&target, service::cache::RedisTarget::Cluster(seeds) if seeds.iter().all(|url| url.contains("//redis-node-"))),
+        "REDIS_URL names cluster nodes: {target:?}"
+    );
+    assert_eq!(
+        services["orders-service"]["profiles"],
+        serde_json::Value::Null,
+        "the default service stays outside any profile"
+    );
+}
+
 #[test]
 fn the_image_is_built_by_the_command_ci_runs_and_checks_its_own_health() {
     let dockerfile = read("Dockerfile");

@@ -139,3 +139,44 @@ async fn a_killed_master_fails_over_and_the_cache_keeps_working_on_its_promoted_
         .expect("it rejoins as a replica and the cluster is whole");
     app.stop().await.expect("a clean stop");
 }
+
+#[tokio::test]
+async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
+    let (stack, app) = cluster_app().await;
+    let ids = create_orders(&app).await;
+    read_all(&app, &ids).await;
+    wait_until_all_cached(&app, &ids, 1).await;
+
+    let masters = stack.redis_masters().await.expect("the cluster's masters");
+    let paused = masters[0];
+    // A reader that keeps asking all along, as the consistency checker's sampler does.
+    let sampler = {
+        let (cache, ids) = (app.env.cache.clone(), ids.clone());
+        tokio::spawn(async move {
+            loop {
+                let _ = cache.versions(&ids).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    stack
+        .fail_over_redis(paused, RedisFailure::Pause)
+        .await
+        .expect("the cluster fails the paused master over");
+    stack
+        .resume(Service::RedisNode(paused))
+        .await
+        .expect("resume the old master");
+    stack
+        .wait_redis_cluster_healthy()
+        .await
+        .expect("it rejoins as a replica and the cluster is whole");
+
+    for id in &ids {
+        app.set_status(*id, OrderStatus::Paid).await;
+    }
+    read_all(&app, &ids).await;
+    wait_until_all_cached(&app, &ids, 2).await;
+    sampler.abort();
+    app.stop().await.expect("a clean stop");
+}

@@ -10,7 +10,7 @@ mod workdir;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use self::workdir::{WorkDir, free_port};
+use self::workdir::{WorkDir, free_port, free_ports};
 use super::error::{Result, StackError};
 use super::process::{Launch, ManagedProcess};
 use super::readiness::{self, READY_TIMEOUT};
@@ -53,11 +53,13 @@ impl LocalStack {
         });
         let redis_launches = match redis_mode {
             RedisMode::Single => vec![redis::prepare(&dir, free_port()?)?],
-            RedisMode::Cluster => (0..REDIS_CLUSTER_MASTERS * 2)
-                .map(|index| {
+            RedisMode::Cluster => free_ports(REDIS_CLUSTER_MASTERS * 4)?
+                .chunks(2)
+                .enumerate()
+                .map(|(index, ports)| {
                     let ports = redis::ClusterPorts {
-                        client: free_port()?,
-                        bus: free_port()?,
+                        client: ports[0],
+                        bus: ports[1],
                     };
                     redis::prepare_cluster_node(&dir, index, ports)
                 })
