@@ -103,7 +103,10 @@ fn the_cluster_profile_forms_a_cluster_before_the_service_on_it_starts() {
             .as_array()
             .is_some_and(|profiles| profiles.iter().any(|p| p == "redis-cluster"))
     };
-    let nodes: Vec<&String> = services.keys().filter(|name| name.starts_with("redis-node-")).collect();
+    let nodes: Vec<&String> = services
+        .keys()
+        .filter(|name| name.starts_with("redis-node-"))
+        .collect();
     assert_eq!(nodes.len(), 6, "three masters and three replicas: {nodes:?}");
     for node in &nodes {
         assert!(in_profile(node), "{node} runs only in the redis-cluster profile");
@@ -113,9 +116,14 @@ fn the_cluster_profile_forms_a_cluster_before_the_service_on_it_starts() {
             .iter()
             .filter_map(|arg| arg.as_str())
             .collect();
-        assert!(command.windows(2).any(|w| w == ["--cluster-enabled", "yes"]), "{node}: {command:?}");
         assert!(
-            command.windows(2).any(|w| w == ["--cluster-announce-hostname", node.as_str()]),
+            command.windows(2).any(|w| w == ["--cluster-enabled", "yes"]),
+            "{node}: {command:?}"
+        );
+        assert!(
+            command
+                .windows(2)
+                .any(|w| w == ["--cluster-announce-hostname", node.as_str()]),
             "{node} announces its compose name: {command:?}"
         );
         assert_eq!(
