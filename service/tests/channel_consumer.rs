@@ -179,6 +179,60 @@ async fn a_message_left_unhandled_is_reported_stuck_until_it_is_handled() -> Tes
     Ok(())
 }
 
+/// A reader that takes every message and handles none is back-pressured like a slow one: what it
+/// holds unhandled counts against the bound, so it gets a few buffers' worth, not the whole backlog;
+/// once it handles them, the rest flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_takes_without_handling_is_held_to_a_bound() -> TestResult {
+    const BACKLOG: i64 = 2_000;
+    const CONSUME_SIZE: usize = 100;
+    let stack = shared_stack().await;
+    let (brokers, topic) = (stack.kafka_brokers(), "hoarding-reader");
+    stack.create_topic(topic, 3).await?;
+    let history = History::new();
+    let keys = (0..3 * BACKLOG).map(|key| ((key % 3) as i32, key));
+    produce_keys(&producer(brokers)?, topic, keys, &history).await?;
+    let config = consumer_config(brokers, "hoarding-reader-group", Assignment::EagerRange);
+    let mut consumer = ChannelConsumer::<i64, String>::new(config, topic, CONSUME_SIZE, None, None)?;
+
+    // Take whatever comes (after the group join) until nothing more does for 2 s: the consumer
+    // stopped fetching.
+    let first = tokio::time::timeout(PATIENCE, consumer.next())
+        .await?
+        .ok_or("the stream ended")??;
+    let mut held = vec![first];
+    while let Ok(next) = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await {
+        held.push(next.ok_or("the stream ended")??);
+        assert!(
+            held.len() < 3 * BACKLOG as usize,
+            "the reader got the whole backlog unhandled"
+        );
+    }
+    // Three buffers' worth, and a message a partition that is not paused yet may bring in a poll
+    // (the poll thread polls even when full, to stay in the group).
+    assert!(
+        (CONSUME_SIZE..=3 * CONSUME_SIZE + 3).contains(&held.len()),
+        "a reader that handles nothing holds between one and three buffers' worth: {}",
+        held.len()
+    );
+    println!("the hoarding reader got {} messages, then none", held.len());
+
+    // Handled, the rest comes.
+    let mut taken = held.len();
+    for message in held.drain(..) {
+        message.handle();
+    }
+    while taken < 3 * BACKLOG as usize {
+        let message = tokio::time::timeout(PATIENCE, consumer.next())
+            .await?
+            .ok_or("the stream ended")??;
+        message.handle();
+        taken += 1;
+    }
+    consumer.close().await?;
+    Ok(())
+}
+
 /// The consumer's progress once `done` holds of it, or its last one after 10 s.
 async fn wait_for_progress(
     consumer: &ChannelConsumer<i64, String>,

@@ -66,7 +66,8 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
     ///   `fetch.queue.backoff.ms` 10 ms instead of 1000 ms, so that a full prefetch queue does not stop
     ///   fetching for a second after it drained (see `build`).
     /// * `consume_size` is the most messages read from librdkafka in one go, and the size of the
-    ///   internal buffer (which may briefly hold more, under twice that, see the module documentation).
+    ///   internal buffer (which may briefly hold more, under twice that, see the module documentation);
+    ///   the reader gets no more than about three times `consume_size` without handling them.
     /// * `None` for a deserializer picks the default one for the type, or fails with
     ///   [`ConsumerError::NoDefaultDeserializer`] if there is none.
     pub fn new(

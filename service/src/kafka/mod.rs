@@ -96,7 +96,9 @@
 //!   and about `consume_size` are buffered (never twice that: partitions below their fair share may top
 //!   up a full buffer, for fairness). When the reader is slow, the consumer pauses partitions instead of
 //!   blocking, and keeps polling Kafka, so heartbeats and rebalances are served and
-//!   `max.poll.interval.ms` is never exceeded because of a slow reader.
+//!   `max.poll.interval.ms` is never exceeded because of a slow reader. A reader that takes messages
+//!   and does not handle them is held back the same way: everything outstanding (buffered, held, or
+//!   handled behind a message that is not) stays around three times `consume_size` at most.
 //! * **Errors.** Deserialization failures are items, as above. Transient broker errors are logged
 //!   (`tracing`) and retried by librdkafka. A fatal error is the stream's last item,
 //!   [`ConsumerError::Fatal`].

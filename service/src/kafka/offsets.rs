@@ -179,6 +179,17 @@ impl OffsetTracker {
             .collect()
     }
 
+    /// Messages of `partition` not yet behind its stored offset: buffered, taken and not handled, or
+    /// handled behind one that is not (what the hoarding bound counts: `pause_policy`).
+    pub fn outstanding(&self, partition: i32) -> usize {
+        self.partitions.get(&partition).map_or(0, |p| p.in_flight.len())
+    }
+
+    /// [`outstanding`](Self::outstanding), all partitions together.
+    pub fn total_outstanding(&self) -> usize {
+        self.partitions.values().map(|p| p.in_flight.len()).sum()
+    }
+
     /// Messages delivered in the current assignments and not handled yet.
     pub fn unhandled(&self) -> usize {
         self.partitions

@@ -1,22 +1,37 @@
 //! When the poll thread pauses a partition, and when it resumes it: a pure function of what the
-//! delivery buffer holds, so that the rule can be read and tested apart from librdkafka.
+//! delivery buffer holds and of what the reader holds unhandled, so that the rule can be read and
+//! tested apart from librdkafka.
 //!
-//! The rule, with `share = consume_size / assigned partitions` (at least 1):
+//! Two counts per partition: *queued*, its messages in the buffer; *outstanding*, its messages not yet
+//! behind the stored offset (queued, taken by the reader and not handled, or handled behind one that
+//! is not). With `share = consume_size / assigned partitions` (at least 1):
 //!
 //! * **Pause** a partition when the buffer is full (`consume_size` messages or more, after the reader's
-//!   grace) and the partition holds at least its share of it. A full buffer always has one: the
-//!   partitions with a backlog stop, the others may still fill up to their share, so none is kept out.
-//! * **Resume** a paused partition when its own queue is down to half a share, whatever the other
-//!   partitions hold. A rule on the whole buffer ("resume once it is down to half") let a reader a
-//!   little slower than the broker keep one partition paused while the others, never at their share,
-//!   kept the buffer over half: the paused one waited on partitions it had nothing to do with.
+//!   grace) and the partition holds at least its share of it: the reader is slow. A full buffer always
+//!   has one: the partitions with a backlog stop, the others may still fill up to their share, so none
+//!   is kept out.
+//! * **Pause** it too when everything outstanding reaches twice `consume_size` (the buffer, and one
+//!   batch in the reader's hands) and the partition has at least two shares of it: the reader takes
+//!   messages and does not handle them (it hoards). Taking from the buffer would otherwise let it hold
+//!   without bound, and one message held freezes its partition's commits. At the bound (three times
+//!   `consume_size`, [`outstanding_bound`]) every partition with anything outstanding is paused.
+//! * **Resume** a paused partition when its own queue is down to half a share and its outstanding
+//!   messages to one share, whatever the other partitions hold, unless everything outstanding is at
+//!   the bound. A rule on the whole buffer ("resume
+//!   once it is down to half") let a reader a little slower than the broker keep one partition paused
+//!   while the others, never at their share, kept the buffer over half: the paused one waited on
+//!   partitions it had nothing to do with.
 //!
 //! # Guarantees
 //!
 //! * The buffer stays under twice `consume_size`: a partition that is not paused is at most one share
 //!   plus what one batch brings, and a batch is at most `consume_size` minus what is buffered.
-//! * Each pause moves at least half a share: a partition is resumed only after the reader took that
-//!   many of its messages, so pausing (which makes librdkafka drop its prefetch) does not flap.
+//! * A reader that never handles gets at most [`outstanding_bound`] messages, and a few more that
+//!   polls at the bound bring for partitions not paused yet (the poll thread polls even then, to stay
+//!   in the group): outstanding messages count against the bound as buffered ones do.
+//! * Each pause moves at least half a share: a partition is resumed only after the reader took (and
+//!   handled) that many of its messages, so pausing (which makes librdkafka drop its prefetch) does
+//!   not flap.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +44,16 @@ pub(crate) struct Buffered<'a> {
     pub total: usize,
     /// Messages in the buffer for one partition.
     pub queued: &'a dyn Fn(i32) -> usize,
+    /// Messages outstanding, all partitions together (see the module documentation).
+    pub total_outstanding: usize,
+    /// Messages outstanding for one partition.
+    pub outstanding: &'a dyn Fn(i32) -> usize,
+}
+
+/// The most messages outstanding at once: the buffer, a batch in the reader's hands, and a margin
+/// for the hoarding rule to act in. The poll thread sizes its batches to stay under it.
+pub(crate) fn outstanding_bound(consume_size: usize) -> usize {
+    3 * consume_size
 }
 
 /// The partitions to pause and to resume now.
@@ -46,17 +71,23 @@ pub(crate) fn decide(buffered: Buffered<'_>, assigned: &[i32], paused: &BTreeSet
     }
     let share = (buffered.consume_size / assigned.len()).max(1);
     let full = buffered.total >= buffered.consume_size;
-    let queued = buffered.queued;
+    let hoarding = buffered.total_outstanding >= 2 * buffered.consume_size;
+    let at_bound = buffered.total_outstanding >= outstanding_bound(buffered.consume_size);
+    let (queued, outstanding) = (buffered.queued, buffered.outstanding);
+    let behind = |p: i32| full && queued(p) >= share;
+    let hoarded = |p: i32| (hoarding && outstanding(p) >= 2 * share) || (at_bound && outstanding(p) > 0);
     Decision {
         pause: assigned
             .iter()
             .copied()
-            .filter(|p| full && !paused.contains(p) && queued(*p) >= share)
+            .filter(|&p| !paused.contains(&p) && (behind(p) || hoarded(p)))
             .collect(),
         resume: assigned
             .iter()
             .copied()
-            .filter(|p| paused.contains(p) && queued(*p) <= share / 2)
+            .filter(|&p| {
+                paused.contains(&p) && !at_bound && queued(p) <= share / 2 && outstanding(p) <= share
+            })
             .collect(),
     }
 }
@@ -68,17 +99,76 @@ mod tests {
     use super::*;
 
     /// The decision for a buffer of `consume_size` holding `queues` (partition, messages), with
-    /// `paused` paused; every partition of `queues` is assigned.
+    /// `paused` paused and nothing held by the reader; every partition of `queues` is assigned.
     fn decide_for(consume_size: usize, queues: &[(i32, usize)], paused: &[i32]) -> Decision {
+        let held: Vec<(i32, usize)> = queues.iter().map(|&(p, _)| (p, 0)).collect();
+        decide_holding(consume_size, queues, &held, paused)
+    }
+
+    /// The same, the reader holding `held` (partition, messages) taken and not handled.
+    fn decide_holding(
+        consume_size: usize,
+        queues: &[(i32, usize)],
+        held: &[(i32, usize)],
+        paused: &[i32],
+    ) -> Decision {
         let lengths: BTreeMap<i32, usize> = queues.iter().copied().collect();
+        let held: BTreeMap<i32, usize> = held.iter().copied().collect();
         let queued = |partition: i32| lengths.get(&partition).copied().unwrap_or(0);
+        let outstanding = |partition: i32| queued(partition) + held.get(&partition).copied().unwrap_or(0);
         let assigned: Vec<i32> = lengths.keys().copied().collect();
         let buffered = Buffered {
             consume_size,
             total: lengths.values().sum(),
             queued: &queued,
+            total_outstanding: assigned.iter().map(|&p| outstanding(p)).sum(),
+            outstanding: &outstanding,
         };
         decide(buffered, &assigned, &paused.iter().copied().collect())
+    }
+
+    #[test]
+    fn a_reader_holding_two_buffers_worth_unhandled_pauses_the_partitions_it_holds_with_an_empty_buffer() {
+        // The buffer is empty (the reader takes at once), but it handles nothing: 600 outstanding.
+        let decision = decide_holding(300, &[(0, 0), (1, 0), (2, 0)], &[(0, 400), (1, 200), (2, 0)], &[]);
+        assert_eq!(decision.pause, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_reader_holding_one_batch_is_not_hoarding() {
+        // One full batch in the reader's hands (being written, say) and a full buffer's worth in all:
+        // under the hoarding bound, and the buffer has room.
+        let decision = decide_holding(
+            300,
+            &[(0, 50), (1, 50), (2, 50)],
+            &[(0, 150), (1, 150), (2, 0)],
+            &[],
+        );
+        assert_eq!(decision, Decision::default());
+    }
+
+    #[test]
+    fn at_the_bound_every_partition_with_anything_outstanding_is_paused_and_none_resumes() {
+        // 900 outstanding: partition 2 holds less than two shares, but the bound is reached.
+        let decision = decide_holding(
+            300,
+            &[(0, 0), (1, 0), (2, 0), (3, 0)],
+            &[(0, 500), (1, 0), (2, 150), (3, 250)],
+            &[1],
+        );
+        assert_eq!(decision.pause, vec![0, 2, 3]);
+        assert!(
+            decision.resume.is_empty(),
+            "partition 1 holds nothing, but the bound is reached"
+        );
+    }
+
+    #[test]
+    fn a_hoarded_partition_resumes_only_once_the_reader_handled_down_to_a_share() {
+        let still_held = decide_holding(300, &[(0, 0), (1, 0), (2, 0)], &[(0, 101), (1, 0), (2, 0)], &[0]);
+        assert_eq!(still_held, Decision::default());
+        let handled = decide_holding(300, &[(0, 0), (1, 0), (2, 0)], &[(0, 100), (1, 0), (2, 0)], &[0]);
+        assert_eq!(handled.resume, vec![0]);
     }
 
     #[test]

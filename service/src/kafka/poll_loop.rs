@@ -4,8 +4,9 @@
 //!
 //! 1. **Requests.** Applies the acknowledgements sent by `handle()`, stores the offsets that advanced,
 //!    and carries out `commit()` and `close()`.
-//! 2. **Back-pressure.** If the reader is behind, pauses the partitions holding more than their share of
-//!    the buffer; resumes each once the reader took enough of its messages (`pause_policy`).
+//! 2. **Back-pressure.** If the reader is behind, or holds too many messages unhandled, pauses the
+//!    partitions holding more than their share; resumes each once the reader took and handled enough of
+//!    its messages (`pause_policy`).
 //! 3. **A batch.** Polls up to `consume_size - buffered` messages in one go (the first poll waits at most
 //!    100 ms, the rest do not wait), deserializes them and hands the batch to the delivery buffer with
 //!    one wake-up. Rebalance callbacks run inside these polls.
@@ -127,10 +128,13 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         let assigned: Vec<i32> = state.offsets.assigned().collect();
         let (_, lengths) = self.buffer().lengths();
         let queued = |partition: i32| lengths.get(&partition).copied().unwrap_or(0);
+        let outstanding = |partition: i32| state.offsets.outstanding(partition);
         let buffered = Buffered {
             consume_size: self.consume_size,
             total,
             queued: &queued,
+            total_outstanding: assigned.iter().map(|&p| outstanding(p)).sum(),
+            outstanding: &outstanding,
         };
         let Decision { pause, resume } = pause_policy::decide(buffered, &assigned, &state.paused);
         let listed = |partitions: &[i32]| {
@@ -173,9 +177,15 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
     fn read_batch(&self) -> Result<(), KafkaError> {
         let (buffered, _) = self.buffer().lengths();
-        // Even with a full buffer, poll: that serves rebalances and heartbeats. The partitions over their
-        // share are paused then; a message of another one may arrive, and is kept (see step 2).
-        let room = self.consume_size.saturating_sub(buffered).max(1);
+        let outstanding = self.consumer.context().state().offsets.total_outstanding();
+        // Room in the buffer, and under the bound on everything outstanding (`pause_policy`). Even with
+        // no room, poll: that serves rebalances and heartbeats. The partitions over their share are
+        // paused then; a message of another one may arrive, and is kept (see step 2).
+        let room = self
+            .consume_size
+            .saturating_sub(buffered)
+            .min(pause_policy::outstanding_bound(self.consume_size).saturating_sub(outstanding))
+            .max(1);
         let mut timeout = if self.consumer.context().state().paused.is_empty() {
             IDLE_POLL
         } else {
