@@ -93,6 +93,11 @@ impl OffsetTracker {
         self.partitions.keys().copied()
     }
 
+    /// The partition's current epoch, if it is assigned.
+    pub fn epoch(&self, partition: i32) -> Option<Epoch> {
+        self.partitions.get(&partition).map(|p| p.epoch)
+    }
+
     pub fn is_current(&self, partition: i32, epoch: Epoch) -> bool {
         self.partitions.get(&partition).is_some_and(|p| p.epoch == epoch)
     }

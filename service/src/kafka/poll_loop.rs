@@ -37,10 +37,11 @@ use tracing::{debug, warn};
 
 use super::acknowledgement::{Acknowledgement, BatchShared, Request};
 use super::context::{PolledConsumer, partition_list};
+use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
 use super::error::{ConsumerError, MessagePart};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
-use super::offsets::Epoch;
+use super::offsets::{Epoch, OffsetTracker};
 use super::pause_policy::{self, Buffered, Decision};
 use super::progress::ProgressReporter;
 
@@ -242,12 +243,17 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
-        let epoch = self
-            .consumer
-            .context()
-            .state()
-            .offsets
-            .deliver(partition, offset, received_at);
+        let epoch = {
+            let mut state = self.consumer.context().state();
+            register(
+                &mut state.offsets,
+                self.buffer(),
+                &self.topic,
+                partition,
+                offset,
+                received_at,
+            )
+        };
         let Some(epoch) = epoch else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
@@ -324,5 +330,71 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         if let Some(reply) = reply {
             let _ = reply.send(commit.map_err(ConsumerError::Commit));
         }
+    }
+}
+
+/// Registers a received message with the offset tracker. If librdkafka moved the partition's
+/// position back (an offset reset: the tracker starts a new epoch), the partition's messages still
+/// buffered from the old position are dropped: they come again from the new position, and
+/// acknowledgements of the old epoch are ignored, so the reader would get them twice for nothing.
+/// (Messages of the old epoch in the batch being read are dropped when the batch is handed over.)
+fn register<T>(
+    offsets: &mut OffsetTracker,
+    buffer: &DeliveryBuffer<T>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    received_at: Instant,
+) -> Option<Epoch> {
+    let before = offsets.epoch(partition);
+    let epoch = offsets.deliver(partition, offset, received_at)?;
+    if before.is_some_and(|before| before != epoch) {
+        let dropped = buffer.remove_partition(partition);
+        debug!(
+            topic,
+            partition, offset, dropped, "position moved back; buffered messages of the old position dropped"
+        );
+    }
+    Some(epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_moved_back_drops_the_partitions_buffered_messages_of_the_old_position() {
+        let mut offsets = OffsetTracker::default();
+        let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new();
+        offsets.assign(0);
+        offsets.assign(1);
+        let now = Instant::now();
+        for offset in 10..13 {
+            let epoch = register(&mut offsets, &buffer, "t", 0, offset, now);
+            assert!(epoch.is_some());
+            register(&mut offsets, &buffer, "t", 1, offset, now);
+        }
+        buffer.push_batch((10..13).flat_map(|offset| [(0, offset), (1, offset)]));
+        assert_eq!(buffer.lengths().0, 6);
+
+        let old = offsets.epoch(0);
+        let new = register(&mut offsets, &buffer, "t", 0, 11, now);
+        assert_ne!(new, old, "offset 11 again: a new epoch");
+        let (total, per_partition) = buffer.lengths();
+        assert_eq!(
+            per_partition.get(&0).copied().unwrap_or(0),
+            0,
+            "partition 0's old messages dropped"
+        );
+        assert_eq!(
+            (total, per_partition.get(&1).copied()),
+            (3, Some(3)),
+            "partition 1's kept"
+        );
+
+        // Forward, in the same epoch: nothing dropped.
+        buffer.push_batch([(0, 11)]);
+        assert_eq!(register(&mut offsets, &buffer, "t", 0, 12, now), new);
+        assert_eq!(buffer.lengths().0, 4);
     }
 }
