@@ -68,6 +68,24 @@ async fn wait_until_all_cached(app: &App, ids: &[i64], version: i64) {
     }
 }
 
+/// Orders on every master, read once so that each is cached at version 1 (checked in Redis).
+async fn cached_orders(app: &App) -> Vec<i64> {
+    let ids = create_orders(app).await;
+    read_all(app, &ids).await;
+    wait_until_all_cached(app, &ids, 1).await;
+    ids
+}
+
+/// Pays every order, reads them all (a read fills an entry lost with a master: the updater never
+/// creates one), and waits until Redis holds version 2 of each.
+async fn pay_and_wait_until_cached(app: &App, ids: &[i64]) {
+    for id in ids {
+        app.set_status(*id, OrderStatus::Paid).await;
+    }
+    read_all(app, ids).await;
+    wait_until_all_cached(app, ids, 2).await;
+}
+
 async fn read_all(app: &App, ids: &[i64]) -> pb::GetOrdersResponse {
     let answer = app.api.get_orders(ids.to_vec()).await.expect("GetOrders");
     let answered: Vec<i64> = answer.orders.iter().map(|o| o.order_id).collect();
@@ -100,9 +118,7 @@ async fn on_a_redis_cluster_reads_fill_keys_on_every_master_and_updates_reach_th
 #[tokio::test]
 async fn a_killed_master_fails_over_and_the_cache_keeps_working_on_its_promoted_replica() {
     let (stack, app) = cluster_app().await;
-    let ids = create_orders(&app).await;
-    read_all(&app, &ids).await;
-    wait_until_all_cached(&app, &ids, 1).await;
+    let ids = cached_orders(&app).await;
 
     let masters = stack.redis_masters().await.expect("the cluster's masters");
     assert_eq!(masters.len(), 3);
@@ -122,12 +138,7 @@ async fn a_killed_master_fails_over_and_the_cache_keeps_working_on_its_promoted_
 
     // Writes after the failover reach every key, including those now on the promoted replica (which
     // may not have the scripts cached: the calls it answers NOSCRIPT run again with the source).
-    for id in &ids {
-        app.set_status(*id, OrderStatus::Paid).await;
-    }
-    // An entry lost with the master stays absent (the updater never creates one); a read fills it.
-    read_all(&app, &ids).await;
-    wait_until_all_cached(&app, &ids, 2).await;
+    pay_and_wait_until_cached(&app, &ids).await;
 
     stack
         .start_service(Service::RedisNode(lost))
@@ -143,9 +154,7 @@ async fn a_killed_master_fails_over_and_the_cache_keeps_working_on_its_promoted_
 #[tokio::test]
 async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
     let (stack, app) = cluster_app().await;
-    let ids = create_orders(&app).await;
-    read_all(&app, &ids).await;
-    wait_until_all_cached(&app, &ids, 1).await;
+    let ids = cached_orders(&app).await;
 
     let masters = stack.redis_masters().await.expect("the cluster's masters");
     let paused = masters[0];
@@ -172,11 +181,7 @@ async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
         .await
         .expect("it rejoins as a replica and the cluster is whole");
 
-    for id in &ids {
-        app.set_status(*id, OrderStatus::Paid).await;
-    }
-    read_all(&app, &ids).await;
-    wait_until_all_cached(&app, &ids, 2).await;
+    pay_and_wait_until_cached(&app, &ids).await;
     sampler.abort();
     app.stop().await.expect("a clean stop");
 }
