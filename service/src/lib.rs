@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Modules, one concept each: [`domain`] (valid values), [`storage`] (PostgreSQL and the outbox),
-//! [`cache`] (Redis), [`events`] (relay and updater), [`kafka`] (`ChannelConsumer`), [`grpc`] (the API),
+//! [`cache`] (one Redis or a Redis Cluster), [`events`] (relay and updater), [`kafka`] (`ChannelConsumer`), [`grpc`] (the API),
 //! [`reads`] (cache-first reads), [`config`], [`startup`], [`shutdown`], [`telemetry`].
 
 pub mod backoff;
