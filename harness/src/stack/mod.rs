@@ -372,6 +372,15 @@ impl Stack {
             })
     }
 
+    /// Moves `slots` slots (the lowest it serves), with their keys, from master node `from` to master
+    /// node `to`, and waits until every slot is served.
+    pub async fn reshard_redis(&self, from: usize, to: usize, slots: usize) -> Result<()> {
+        let (from, to) = (self.redis_address(from)?, self.redis_address(to)?);
+        let witness = format!("redis://{from}/");
+        redis_cluster::reshard(&tools::redis_cli()?, &witness, &from, &to, slots).await?;
+        redis_cluster::wait_serving(&witness).await.map(drop)
+    }
+
     /// Waits until the cluster is whole again: every master with a replica, no node failing (after a
     /// failed master was started or resumed).
     pub async fn wait_redis_cluster_healthy(&self) -> Result<()> {

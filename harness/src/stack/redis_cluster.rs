@@ -91,6 +91,34 @@ pub async fn create(redis_cli: &Path, addresses: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Moves `slots` slots, with their keys, from the master `from` to the master `to` (both `host:port`)
+/// with `redis-cli --cluster reshard`, as an operator rebalancing the cluster would.
+pub async fn reshard(redis_cli: &Path, witness: &str, from: &str, to: &str, slots: usize) -> Result<()> {
+    let (_, nodes) = view(witness).await.map_err(StackError::Setup)?;
+    let id = |address: &str| {
+        nodes
+            .iter()
+            .find(|n| n.address == address)
+            .map(|n| n.id.clone())
+            .ok_or_else(|| StackError::Setup(format!("{witness} does not know {address}")))
+    };
+    let output = tokio::process::Command::new(redis_cli)
+        .args(["--cluster", "reshard", from])
+        .args(["--cluster-from", &id(from)?, "--cluster-to", &id(to)?])
+        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+        .output()
+        .await?;
+    if !output.status.success() {
+        return Err(StackError::Setup(format!(
+            "redis-cli --cluster reshard failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
 /// What `url`'s node says about the cluster: `CLUSTER INFO` fields and `CLUSTER NODES`.
 pub async fn view(url: &str) -> std::result::Result<(ClusterInfo, Vec<NodeView>), String> {
     let info = ask(url, &["CLUSTER", "INFO"]).await?;

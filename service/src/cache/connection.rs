@@ -12,8 +12,11 @@
 //! A cluster refuses a command or a pipeline whose keys hash to different slots (`CROSSSLOT`), and
 //! every order's key (`order:{id}`) has a slot of its own. So:
 //!
-//! * `MGET` goes as it is: the cluster client splits it by slot, sends the parts at once and puts the
-//!   answers back in the order of the keys.
+//! * A read of many keys ([`RedisConnection::get_many`]) goes as one pipeline of `GET`s per master,
+//!   all at once, after the slot map of `CLUSTER SLOTS` (kept, and read again after a failover). A key
+//!   whose master the map has wrong is answered `MOVED`, and read again through the cluster client's
+//!   own `MGET`, which it splits by slot (one command per slot: for 50 random orders about 50, which
+//!   cost two thirds of the batch read's throughput, docs/BENCHMARKS.md section 8).
 //! * A batch of script calls ([`RedisConnection::run_scripts`]) goes as one pipeline per slot, all
 //!   sent at once; on one Redis, as one pipeline. Each script touches one key, so none needs a hash
 //!   tag.
@@ -26,11 +29,14 @@
 //!   also caches it there), and only those, so no call runs twice.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use super::CacheError;
@@ -84,7 +90,7 @@ impl RedisTarget {
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<SlotOwners>),
 }
 
 impl RedisConnection {
@@ -114,8 +120,81 @@ impl RedisConnection {
                     .set_response_timeout(RESPONSE_TIMEOUT);
                 Ok(Self::Cluster(
                     client.get_pending_async_connection_with_config(config),
+                    Arc::default(),
                 ))
             }
+        }
+    }
+
+    /// The value of each key, in the order of `keys`: one `MGET` on one Redis; on a cluster one
+    /// pipeline of `GET`s per master (see the module documentation).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Self::Cluster(connection, owners) = self else {
+            let mut redis = self.clone();
+            return Ok(redis::cmd("MGET").arg(keys).query_async(&mut redis).await?);
+        };
+        let slots: Vec<u16> = keys.iter().map(|key| slot(key.as_bytes())).collect();
+        let masters = owners.current(connection).await;
+        let mut by_master: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (index, slot) in slots.iter().enumerate() {
+            by_master
+                .entry(masters.owner(*slot).unwrap_or(""))
+                .or_default()
+                .push(index);
+        }
+        let reads = by_master.values().map(|indices| {
+            let mut pipeline = redis::pipe();
+            for &index in indices {
+                pipeline.cmd("GET").arg(&keys[index]);
+            }
+            // The cluster client routes the pipeline to the master of its first key's slot, by its
+            // own map; a key that master does not serve answers MOVED.
+            let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slots[indices[0]], SlotAddr::Master));
+            let mut connection = connection.clone();
+            async move {
+                let count = indices.len();
+                connection.route_pipeline(pipeline, 0, count, route).await
+            }
+        });
+        let answers = futures::future::join_all(reads).await;
+        let mut values: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
+        for (indices, answer) in by_master.values().zip(answers) {
+            let Ok(answer) = answer else { continue };
+            for (&index, value) in indices.iter().zip(answer) {
+                values[index] = match value {
+                    Value::Nil => Some(None),
+                    Value::BulkString(bytes) => Some(Some(bytes)),
+                    _ => None,
+                };
+            }
+        }
+        // What the map sent astray, or a master that did not answer: the cluster client's own MGET.
+        let astray: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
+        if !astray.is_empty() {
+            owners.forget();
+            owners.astray.fetch_add(astray.len() as u64, Ordering::Relaxed);
+            let astray_keys: Vec<&String> = astray.iter().map(|&i| &keys[i]).collect();
+            let mut redis = self.clone();
+            let fetched: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(astray_keys)
+                .query_async(&mut redis)
+                .await?;
+            for (index, value) in astray.into_iter().zip(fetched) {
+                values[index] = Some(value);
+            }
+        }
+        Ok(values.into_iter().map(Option::flatten).collect())
+    }
+
+    /// Keys [`get_many`](Self::get_many) read the slow way on a cluster so far (always 0 on one
+    /// Redis): what shows whether the slot map serves.
+    pub fn keys_read_astray(&self) -> u64 {
+        match self {
+            Self::Single(_) => 0,
+            Self::Cluster(_, owners) => owners.astray.load(Ordering::Relaxed),
         }
     }
 
@@ -127,7 +206,7 @@ impl RedisConnection {
         }
         let groups: Vec<Vec<usize>> = match self {
             Self::Single(_) => vec![(0..calls.len()).collect()],
-            Self::Cluster(_) => {
+            Self::Cluster(..) => {
                 let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
                 for (index, call) in calls.iter().enumerate() {
                     by_slot.entry(slot(call.key.as_bytes())).or_default().push(index);
@@ -170,7 +249,7 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection, _) => connection.req_packed_command(cmd),
         }
     }
 
@@ -182,14 +261,113 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection, _) => connection.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Cluster(connection, _) => connection.get_db(),
+        }
+    }
+}
+
+/// Which master serves which slots, as `CLUSTER SLOTS` last said. A stale map costs a read the slow
+/// way (see [`RedisConnection::get_many`]), never a wrong answer: the cluster client routes by its
+/// own map.
+#[derive(Default)]
+pub struct SlotOwners {
+    map: RwLock<Option<Arc<SlotMap>>>,
+    /// When the map was last read: after a failover every read finds it stale, and it is read again
+    /// at most once a second.
+    read_at: RwLock<Option<Instant>>,
+    /// Keys read the slow way so far (the map had their master wrong, or it did not answer).
+    astray: AtomicU64,
+}
+
+/// Slot ranges, sorted, each with its master's `host:port`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SlotMap(Vec<(u16, u16, String)>);
+
+impl SlotMap {
+    /// The master of `slot`, if the map has one.
+    pub fn owner(&self, slot: u16) -> Option<&str> {
+        let index = self
+            .0
+            .partition_point(|(start, _, _)| *start <= slot)
+            .checked_sub(1)?;
+        let (_, end, master) = &self.0[index];
+        (slot <= *end).then_some(master.as_str())
+    }
+
+    /// From the answer to `CLUSTER SLOTS`: `[start, end, [host, port, id, ...], replicas...]` per range.
+    pub fn parse(reply: &Value) -> Option<Self> {
+        let Value::Array(ranges) = reply else { return None };
+        let mut map = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let Value::Array(fields) = range else { return None };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return None;
+            };
+            let host = match master.first()? {
+                Value::BulkString(host) => String::from_utf8_lossy(host).into_owned(),
+                Value::SimpleString(host) => host.clone(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                return None;
+            };
+            map.push((
+                u16::try_from(*start).ok()?,
+                u16::try_from(*end).ok()?,
+                format!("{host}:{port}"),
+            ));
+        }
+        map.sort();
+        Some(Self(map))
+    }
+}
+
+impl SlotOwners {
+    /// The map, read first if there is none (at most once a second); an empty one if the cluster
+    /// does not answer (every key then goes the slow way).
+    async fn current(&self, connection: &ClusterConnection) -> Arc<SlotMap> {
+        if let Some(map) = self.map.read().ok().and_then(|map| map.clone()) {
+            return map;
+        }
+        let recently = self
+            .read_at
+            .read()
+            .ok()
+            .and_then(|at| *at)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        if recently {
+            return Arc::default();
+        }
+        if let Ok(mut at) = self.read_at.write() {
+            *at = Some(Instant::now());
+        }
+        let mut connection = connection.clone();
+        let reply: Option<Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut connection)
+            .await
+            .ok();
+        let Some(map) = reply.as_ref().and_then(SlotMap::parse).map(Arc::new) else {
+            return Arc::default();
+        };
+        if let Ok(mut slot) = self.map.write() {
+            *slot = Some(map.clone());
+        }
+        map
+    }
+
+    fn forget(&self) {
+        if let Ok(mut map) = self.map.write() {
+            *map = None;
         }
     }
 }
@@ -225,6 +403,42 @@ mod tests {
         // An empty tag is no tag: the whole key is hashed.
         assert_eq!(slot(b"foo{}{bar}"), 8363);
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn the_slot_map_names_each_slots_master() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("127.0.0.1", 7001),
+                node("127.0.0.1", 7004),
+            ]),
+            Value::Array(vec![Value::Int(0), Value::Int(5460), node("127.0.0.1", 7000)]),
+            Value::Array(vec![
+                Value::Int(10923),
+                Value::Int(16383),
+                node("redis-node-3", 6379),
+            ]),
+        ]);
+        let map = SlotMap::parse(&reply).expect("a slot map");
+        assert_eq!(map.owner(0), Some("127.0.0.1:7000"));
+        assert_eq!(map.owner(5460), Some("127.0.0.1:7000"));
+        assert_eq!(map.owner(5461), Some("127.0.0.1:7001"));
+        assert_eq!(map.owner(16383), Some("redis-node-3:6379"));
+        let partial = SlotMap(vec![(100, 200, "a:1".into())]);
+        assert_eq!(
+            (partial.owner(99), partial.owner(201), partial.owner(150)),
+            (None, None, Some("a:1"))
+        );
+        assert_eq!(SlotMap::parse(&Value::Nil), None);
     }
 
     #[test]

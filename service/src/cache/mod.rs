@@ -106,20 +106,21 @@ impl OrderCache {
         })
     }
 
-    /// Whether the cache is on a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.redis, RedisConnection::Cluster(_))
+    /// Keys a cluster read sent the slow way so far ([`RedisConnection::keys_read_astray`]).
+    pub fn keys_read_astray(&self) -> u64 {
+        self.redis.keys_read_astray()
     }
 
-    /// One `MGET` for all `ids` (on a cluster, one per slot, sent at once); the answer is in the order
-    /// of `ids`.
+    /// Whether the cache is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.redis, RedisConnection::Cluster(..))
+    }
+
+    /// What the cache holds for each of `ids`, in their order: one `MGET` (on a cluster, one pipeline
+    /// per master).
     pub async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Cached>, CacheError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
         let keys: Vec<String> = ids.iter().map(|id| key(id.get())).collect();
-        let mut redis = self.redis.clone();
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await?;
+        let values = self.redis.get_many(&keys).await?;
         Ok(values.into_iter().map(decode).collect())
     }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use harness::app::{ALL, App, Environment, own_stack_with};
 use harness::{RedisFailure, RedisMode, Service, Stack};
 use service::cache::connection::slot;
-use service::cache::key;
+use service::cache::{Cached, OrderCache, key};
+use service::domain::OrderId;
 use service::domain::OrderStatus;
 use service::proto::orders::v1 as pb;
 
@@ -183,5 +184,64 @@ async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
 
     pay_and_wait_until_cached(&app, &ids).await;
     sampler.abort();
+    app.stop().await.expect("a clean stop");
+}
+
+/// A batch read goes to each master in one pipeline, after the cluster's slot map: none of its keys
+/// takes the slow way (the cluster client's MGET, one command per slot) while the map is right, nor
+/// after a failover (a master's slots move together to its replica). Once slots moved between masters
+/// (a reshard), the next read finds the map wrong for some keys, reads those the slow way, right all
+/// the same, and the map is read again.
+#[tokio::test]
+async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after_a_reshard() {
+    let (stack, app) = cluster_app().await;
+    let ids = cached_orders(&app).await;
+    let cache = OrderCache::connect_lazy(stack.redis_url(), Duration::from_secs(60)).expect("a cache");
+    let order_ids: Vec<OrderId> = ids.iter().map(|id| OrderId::parse(*id).expect("an id")).collect();
+    let hits = |cached: &[Cached]| cached.iter().filter(|c| matches!(c, Cached::Hit(_))).count();
+    let read = || async { cache.get_many(&order_ids).await.expect("a batch read") };
+
+    assert_eq!(hits(&read().await), ids.len(), "every order read from the cache");
+    assert_eq!(
+        cache.keys_read_astray(),
+        0,
+        "the slot map sent every key to its master"
+    );
+
+    let masters = stack.redis_masters().await.expect("the cluster's masters");
+    stack
+        .fail_over_redis(masters[0], RedisFailure::Kill)
+        .await
+        .expect("the cluster fails the killed master over");
+    let after_failover = read().await;
+    assert_eq!(
+        cache.keys_read_astray(),
+        0,
+        "a failover moves a master's slots together"
+    );
+
+    // 3,000 of the lowest slots of one master (about 17 of the 50 keys live on it): some keys move.
+    let masters = stack.redis_masters().await.expect("the cluster's masters");
+    stack
+        .reshard_redis(masters[0], masters[1], 3_000)
+        .await
+        .expect("slots move between masters");
+    let after_reshard = read().await;
+    let astray = cache.keys_read_astray();
+    assert!(
+        astray > 0 && astray < ids.len() as u64,
+        "the keys of the moved slots went the slow way, the others not: {astray}"
+    );
+    assert_eq!(
+        hits(&after_reshard),
+        hits(&after_failover),
+        "the slow way reads the same entries"
+    );
+    read().await;
+    assert_eq!(
+        cache.keys_read_astray(),
+        astray,
+        "the map read again serves every key"
+    );
     app.stop().await.expect("a clean stop");
 }
