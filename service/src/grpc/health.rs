@@ -60,7 +60,7 @@ impl HealthMonitor {
                 }
                 None => false,
             };
-            if postgres && let Ok(backlog) = outbox::backlog(self.storage.pool()).await {
+            if postgres && let Ok(backlog) = outbox::estimated_backlog(self.storage.pool()).await {
                 metrics::outbox_backlog(backlog);
             }
             self.set(SERVICE_NAME, postgres).await;

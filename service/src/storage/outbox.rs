@@ -92,9 +92,24 @@ pub async fn delete(connection: &mut PgConnection, ids: &[i64]) -> Result<(), St
     Ok(())
 }
 
-/// Events waiting to be published (a metric, and the harness's "outbox empty" quiescence check).
+/// Events waiting to be published, counted exactly (the harness's "outbox empty" quiescence check).
+/// A scan: right after a large drain it walks every dead row not yet vacuumed (1.1 s after a
+/// 132,720-event drain); the metric uses [`estimated_backlog`].
 pub async fn backlog(pool: &sqlx::PgPool) -> Result<i64, StorageError> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(pool)
         .await?)
+}
+
+/// Events waiting to be published, as PostgreSQL's statistics count the outbox's live rows
+/// (`pg_stat_user_tables.n_live_tup`, kept up by every insert and delete): the backlog gauge, read
+/// every 2 s, costs no scan however many dead rows a drain left. It trails the truth by the
+/// statistics' flush, about a second.
+pub async fn estimated_backlog(pool: &sqlx::PgPool) -> Result<i64, StorageError> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(max(n_live_tup), 0) FROM pg_stat_user_tables \
+         WHERE relname = 'outbox' AND schemaname = current_schema()",
+    )
+    .fetch_one(pool)
+    .await?)
 }

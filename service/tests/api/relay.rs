@@ -66,3 +66,39 @@ async fn transactions(env: &Environment) -> i64 {
     .await
     .expect("pg_stat_database")
 }
+
+/// The backlog gauge reads PostgreSQL's statistics, not the table: it follows the outbox up while no
+/// relay runs, and back to 0 once one drained it (the statistics trail by about a second).
+#[tokio::test]
+async fn the_backlog_estimate_follows_the_outbox_up_and_down() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let api = env.spawn(&[Component::Api]).await.expect("the API starts");
+    for _ in 0..20 {
+        api.create_order().await;
+    }
+    assert_eq!(env.outbox_backlog().await, 20, "the premise: 20 events wait");
+    assert_eq!(wait_for_estimate(&env, |rows| rows >= 20).await, 20);
+
+    let relay = env
+        .spawn(&[Component::Api, Component::Relay])
+        .await
+        .expect("an instance with the relay starts");
+    assert_eq!(env.wait_for_empty_outbox(Duration::from_secs(20)).await, 0);
+    assert_eq!(wait_for_estimate(&env, |rows| rows == 0).await, 0);
+    relay.stop().await.expect("a clean stop");
+    api.stop().await.expect("a clean stop");
+}
+
+/// The estimate once `done` holds of it, or the last one after 15 s.
+async fn wait_for_estimate(env: &Environment, done: impl Fn(i64) -> bool) -> i64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = service::storage::outbox::estimated_backlog(env.storage.pool())
+            .await
+            .expect("the statistics answer");
+        if done(rows) || tokio::time::Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
