@@ -188,10 +188,11 @@ async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
 }
 
 /// A batch read goes to each master in one pipeline, after the cluster's slot map: none of its keys
-/// takes the slow way (the cluster client's MGET, one command per slot) while the map is right, nor
-/// after a failover (a master's slots move together to its replica). Once slots moved between masters
-/// (a reshard), the next read finds the map wrong for some keys, reads those the slow way, right all
-/// the same, and the map is read again.
+/// takes the slow way (the cluster client's MGET, one command per slot) while the map is right. Once
+/// slots moved between masters (a reshard), the next read finds the map wrong for some keys, reads
+/// those the slow way, right all the same, and the map is read again. (Across a failover a read may
+/// go the slow way while the client relearns where the lost master's slots went: only its answers
+/// are checked there.)
 #[tokio::test]
 async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after_a_reshard() {
     let (stack, app) = cluster_app().await;
@@ -200,6 +201,19 @@ async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after
     let order_ids: Vec<OrderId> = ids.iter().map(|id| OrderId::parse(*id).expect("an id")).collect();
     let hits = |cached: &[Cached]| cached.iter().filter(|c| matches!(c, Cached::Hit(_))).count();
     let read = || async { cache.get_many(&order_ids).await.expect("a batch read") };
+    // Reads until one answers and goes entirely by the map (at most 20, 100 ms apart); the keys
+    // read the slow way by then.
+    let settled = || async {
+        for _ in 0..20 {
+            let before = cache.keys_read_astray();
+            let answered = cache.get_many(&order_ids).await.is_ok();
+            if answered && cache.keys_read_astray() == before {
+                return before;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no read went by the slot map alone: it is never read right");
+    };
 
     assert_eq!(hits(&read().await), ids.len(), "every order read from the cache");
     assert_eq!(
@@ -213,12 +227,9 @@ async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after
         .fail_over_redis(masters[0], RedisFailure::Kill)
         .await
         .expect("the cluster fails the killed master over");
+    settled().await;
     let after_failover = read().await;
-    assert_eq!(
-        cache.keys_read_astray(),
-        0,
-        "a failover moves a master's slots together"
-    );
+    let before_reshard = cache.keys_read_astray();
 
     // 3,000 of the lowest slots of one master (about 17 of the 50 keys live on it): some keys move.
     let masters = stack.redis_masters().await.expect("the cluster's masters");
@@ -227,7 +238,7 @@ async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after
         .await
         .expect("slots move between masters");
     let after_reshard = read().await;
-    let astray = cache.keys_read_astray();
+    let astray = cache.keys_read_astray() - before_reshard;
     assert!(
         astray > 0 && astray < ids.len() as u64,
         "the keys of the moved slots went the slow way, the others not: {astray}"
@@ -237,10 +248,9 @@ async fn a_batch_read_goes_to_each_master_by_the_slot_map_and_the_slow_way_after
         hits(&after_failover),
         "the slow way reads the same entries"
     );
-    read().await;
     assert_eq!(
-        cache.keys_read_astray(),
-        astray,
+        settled().await,
+        before_reshard + astray,
         "the map read again serves every key"
     );
     app.stop().await.expect("a clean stop");
