@@ -73,22 +73,10 @@ fn slot_count(range: &str) -> usize {
 
 /// Forms a cluster of `addresses` (`host:port`), one replica per master.
 pub async fn create(redis_cli: &Path, addresses: &[String]) -> Result<()> {
-    let output = tokio::process::Command::new(redis_cli)
-        .arg("--cluster")
-        .arg("create")
-        .args(addresses)
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .output()
-        .await?;
-    if !output.status.success() {
-        return Err(StackError::Setup(format!(
-            "redis-cli --cluster create failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )));
-    }
-    Ok(())
+    let mut args: Vec<&str> = vec!["--cluster", "create"];
+    args.extend(addresses.iter().map(String::as_str));
+    args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+    cluster_command(redis_cli, &args).await
 }
 
 /// Moves `slots` slots, with their keys, from the master `from` to the master `to` (both `host:port`)
@@ -102,21 +90,38 @@ pub async fn reshard(redis_cli: &Path, witness: &str, from: &str, to: &str, slot
             .map(|n| n.id.clone())
             .ok_or_else(|| StackError::Setup(format!("{witness} does not know {address}")))
     };
+    let (from_id, to_id, slots) = (id(from)?, id(to)?, slots.to_string());
+    let args = [
+        "--cluster",
+        "reshard",
+        from,
+        "--cluster-from",
+        &from_id,
+        "--cluster-to",
+        &to_id,
+        "--cluster-slots",
+        &slots,
+        "--cluster-yes",
+    ];
+    cluster_command(redis_cli, &args).await
+}
+
+/// Runs `redis-cli ARGS` (`--cluster ...`); its output is the error if it fails.
+async fn cluster_command(redis_cli: &Path, args: &[&str]) -> Result<()> {
     let output = tokio::process::Command::new(redis_cli)
-        .args(["--cluster", "reshard", from])
-        .args(["--cluster-from", &id(from)?, "--cluster-to", &id(to)?])
-        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+        .args(args)
         .output()
         .await?;
-    if !output.status.success() {
-        return Err(StackError::Setup(format!(
-            "redis-cli --cluster reshard failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )));
+    if output.status.success() {
+        return Ok(());
     }
-    Ok(())
+    Err(StackError::Setup(format!(
+        "redis-cli {} failed ({}): {}{}",
+        args[..2].join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )))
 }
 
 /// What `url`'s node says about the cluster: `CLUSTER INFO` fields and `CLUSTER NODES`.

@@ -138,12 +138,12 @@ impl RedisConnection {
         };
         let slots: Vec<u16> = keys.iter().map(|key| slot(key.as_bytes())).collect();
         let masters = owners.current(connection).await;
+        // Keys of a slot the map has no master for are left `None`: they go the slow way below.
         let mut by_master: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, slot) in slots.iter().enumerate() {
-            by_master
-                .entry(masters.owner(*slot).unwrap_or(""))
-                .or_default()
-                .push(index);
+            if let Some(master) = masters.owner(*slot) {
+                by_master.entry(master).or_default().push(index);
+            }
         }
         let reads = by_master.values().map(|indices| {
             let mut pipeline = redis::pipe();
@@ -174,7 +174,7 @@ impl RedisConnection {
         // What the map sent astray, or a master that did not answer: the cluster client's own MGET.
         let astray: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
         if !astray.is_empty() {
-            owners.forget();
+            owners.mark_stale();
             owners.astray.fetch_add(astray.len() as u64, Ordering::Relaxed);
             let astray_keys: Vec<&String> = astray.iter().map(|&i| &keys[i]).collect();
             let mut redis = self.clone();
@@ -278,10 +278,13 @@ impl ConnectionLike for RedisConnection {
 /// own map.
 #[derive(Default)]
 pub struct SlotOwners {
-    map: RwLock<Option<Arc<SlotMap>>>,
-    /// When the map was last read: after a failover every read finds it stale, and it is read again
-    /// at most once a second.
+    /// The last map read (empty before the first); kept in use while it is stale and not read again.
+    map: RwLock<Arc<SlotMap>>,
+    /// When the map was last read, if it was since it went stale (or since the start): after a
+    /// failover every read finds it stale, and it is read again at most once a second.
     read_at: RwLock<Option<Instant>>,
+    /// The map sent keys astray: read it again.
+    stale: std::sync::atomic::AtomicBool,
     /// Keys read the slow way so far (the map had their master wrong, or it did not answer).
     astray: AtomicU64,
 }
@@ -332,20 +335,20 @@ impl SlotMap {
 }
 
 impl SlotOwners {
-    /// The map, read first if there is none (at most once a second); an empty one if the cluster
-    /// does not answer (every key then goes the slow way).
+    /// The map; read again first if it is stale or was never read (at most once a second). While
+    /// it cannot be read, the last one serves (an empty one sends every key the slow way).
     async fn current(&self, connection: &ClusterConnection) -> Arc<SlotMap> {
-        if let Some(map) = self.map.read().ok().and_then(|map| map.clone()) {
-            return map;
-        }
+        let last = || self.map.read().map(|map| map.clone()).unwrap_or_default();
+        let never_read = self.read_at.read().map(|at| at.is_none()).unwrap_or(true);
+        let stale = self.stale.load(Ordering::Relaxed);
         let recently = self
             .read_at
             .read()
             .ok()
             .and_then(|at| *at)
             .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        if recently {
-            return Arc::default();
+        if !(never_read || stale) || recently {
+            return last();
         }
         if let Ok(mut at) = self.read_at.write() {
             *at = Some(Instant::now());
@@ -357,18 +360,17 @@ impl SlotOwners {
             .await
             .ok();
         let Some(map) = reply.as_ref().and_then(SlotMap::parse).map(Arc::new) else {
-            return Arc::default();
+            return last();
         };
+        self.stale.store(false, Ordering::Relaxed);
         if let Ok(mut slot) = self.map.write() {
-            *slot = Some(map.clone());
+            *slot = map.clone();
         }
         map
     }
 
-    fn forget(&self) {
-        if let Ok(mut map) = self.map.write() {
-            *map = None;
-        }
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
     }
 }
 

@@ -178,7 +178,10 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
     fn read_batch(&self) -> Result<(), KafkaError> {
         let (buffered, _) = self.buffer().lengths();
-        let outstanding = self.consumer.context().state().offsets.total_outstanding();
+        let (outstanding, nothing_paused) = {
+            let state = self.consumer.context().state();
+            (state.offsets.total_outstanding(), state.paused.is_empty())
+        };
         // Room in the buffer, and under the bound on everything outstanding (`pause_policy`). Even with
         // no room, poll: that serves rebalances and heartbeats. The partitions over their share are
         // paused then; a message of another one may arrive, and is kept (see step 2).
@@ -187,11 +190,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             .saturating_sub(buffered)
             .min(pause_policy::outstanding_bound(self.consume_size).saturating_sub(outstanding))
             .max(1);
-        let mut timeout = if self.consumer.context().state().paused.is_empty() {
-            IDLE_POLL
-        } else {
-            PAUSED_POLL
-        };
+        let mut timeout = if nothing_paused { IDLE_POLL } else { PAUSED_POLL };
         let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
