@@ -498,18 +498,19 @@ fn cluster_key_loss() -> impl Strategy<Value = Step> {
 }
 
 /// On a Redis Cluster: masters killed under load (each failed over to its replica, then back as a
-/// replica itself), and every key flushed; the cache stays consistent.
+/// replica itself), a master paused until its replica took over (then resumed: it must learn it was
+/// replaced before it answers again), and every key flushed; the cache stays consistent.
 ///
-/// Not here: `redis-master-pause`. A master resumed after its replica took over can answer reads
-/// with its old data until it learns it was replaced (a run saw version 5, then 4), and a client
-/// can keep timing out on it; the soak command runs it (`--redis-cluster`), and docs/CONSISTENCY.md
-/// says what it found.
+/// The pause was kept out of this test until the harness's own reader replaced a connection that
+/// timed out (before that, one run saw an entry at version 5, then 4); since then a soak of 15 pauses
+/// under 600 operations/s found 0 inconsistencies in 26,474 versions (docs/CONSISTENCY.md, section 6).
 #[test]
-fn on_a_redis_cluster_masters_killed_under_load_leave_the_cache_consistent() {
+fn on_a_redis_cluster_masters_killed_or_paused_under_load_leave_the_cache_consistent() {
     let harness = Harness::with(1, RedisMode::Cluster);
     let faults = [
         Fault::RedisMasterKill,
         Fault::RedisFlush,
+        Fault::RedisMasterPause,
         Fault::RedisMasterKill,
         Fault::AddUpdater,
         Fault::RedisMasterKill,
@@ -538,6 +539,7 @@ fn on_a_redis_cluster_masters_killed_under_load_leave_the_cache_consistent() {
     };
     let report = harness.run_consistent(&scenario);
     assert_eq!(report.stats.faults.get(&FaultKind::RedisMasterKill), Some(&3));
+    assert_eq!(report.stats.faults.get(&FaultKind::RedisMasterPause), Some(&1));
 }
 
 /// The same cluster catches the service before leases, by key loss under slow fills.
