@@ -248,17 +248,15 @@ async fn wait_for_progress(
     }
 }
 
-/// Three partitions with backlogs and a reader a little slower than the broker: back-pressure pauses
-/// partitions, and each must come back as soon as the reader took its messages, not when the others
-/// happen to drain too. Measured in delivery order: between two deliveries of a partition, the others
-/// get at most a buffer's worth.
+/// Three partitions with backlogs and a reader a little slower than the broker: back-pressure must not
+/// keep one partition waiting while the others flow. Measured in delivery order: between two
+/// deliveries of a partition, the others get at most a buffer's worth.
 ///
-/// It fails today, and not because of the pause policy (whose own rule `kafka::pause_policy`'s unit
-/// tests check): librdkafka hands out what it prefetched from one FIFO queue for all partitions, so a
-/// partition whose next fetch landed behind another's thousands of messages waits for them (a run:
-/// partition 1 waited 2,700 deliveries). Per-partition queues (`split_partition_queue`) are issue 11's.
+/// Failed twice before: with librdkafka's one FIFO queue for all partitions, a partition whose fetch
+/// landed behind another's thousands of messages waited for them (2,700 deliveries); with a queue per
+/// partition but back-pressure still pausing partitions, a paused one was fetched again only after the
+/// fetch in flight (1,189). Now each partition's queue is read in turn and nothing is paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: librdkafka's one consumer queue for all partitions (issue 11); run with --ignored"]
 async fn three_backlogs_and_a_slow_reader_keep_every_partition_served() -> TestResult {
     const BACKLOG: i64 = 3_000;
     const CONSUME_SIZE: usize = 300;

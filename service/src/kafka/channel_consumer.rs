@@ -14,6 +14,7 @@
 //! not rdkafka's `StreamConsumer`: it reads in batches without one wake-up per message, and its
 //! rebalance callbacks run on a thread we control.
 
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -31,10 +32,11 @@ use tracing::warn;
 use super::acknowledgement::Request;
 use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
+use super::doorbell::Doorbell;
 use super::deserializer::{Deserializer, default_deserializer};
 use super::error::{ConsumerError, MessagePart};
 use super::offsets::OffsetTracker;
-use super::poll_loop::{Item, PollLoop};
+use super::poll_loop::{ClearQueues, Item, PollLoop};
 use super::progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, ProgressReporter};
 
 /// `fetch.wait.max.ms` unless the configuration sets it (see `build`).
@@ -300,16 +302,25 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         set_default(&mut config, "fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
 
         let topic: Arc<str> = Arc::from(self.topic.as_str());
-        let buffer = Arc::new(DeliveryBuffer::new());
+        // The poll thread's one place to wait: librdkafka's queues and the reader ring it.
+        let doorbell = Arc::new(Doorbell::default());
+        let buffer = Arc::new(DeliveryBuffer::new(doorbell.clone()));
         let (requests, requests_received) = mpsc::channel();
         let progress = Arc::new(Mutex::new(ConsumerProgress::default()));
         let state = PollState::new(OffsetTracker::default(), requests_received);
-        let context = ChannelContext::new(topic.clone(), state, buffer.clone());
+        let context = ChannelContext::new(topic.clone(), state, buffer.clone(), doorbell.clone());
         let consumer =
             PolledConsumer::from_config_and_context(&config, context).map_err(ConsumerError::Client)?;
         consumer.subscribe(&[&topic]).map_err(ConsumerError::Client)?;
+        // From here on the queues hold handles into the consumer: `PollLoop` clears them before it
+        // drops the consumer.
+        consumer
+            .context()
+            .queues()
+            .watch_events(consumer.client().native_ptr());
 
         let poll_loop = PollLoop {
+            _queues_first: ClearQueues(consumer.context().clone()),
             consumer,
             topic: topic.clone(),
             consume_size: self.consume_size,
@@ -321,6 +332,8 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
                 self.stuck_after,
                 progress.clone(),
             )),
+            doorbell,
+            rotation: Cell::new(0),
         };
         let thread_buffer = buffer.clone();
         let poll_thread = std::thread::Builder::new()

@@ -14,8 +14,9 @@
 //!   ours, so the next owner starts exactly after the last handled message. If the assignment was
 //!   *lost* (session timeout, fencing) the partitions may already be someone else's: no commit, the
 //!   handled tail is read again by the new owner (at-least-once).
-//! * **Assign**: each partition gets a new epoch; librdkafka starts reading it at its committed offset.
-//!   It is resumed, in case it was paused in an earlier assignment.
+//! * **Assign**: before librdkafka starts fetching them, the partitions' fetch queues are split off the
+//!   main queue, to be read in batches (`fetch_queues`). After, each partition gets a new epoch;
+//!   librdkafka starts reading it at its committed offset.
 
 use std::collections::BTreeSet;
 use std::sync::mpsc::Receiver;
@@ -28,6 +29,8 @@ use tracing::{debug, info, warn};
 
 use super::acknowledgement::Request;
 use super::delivery_buffer::DeliveryBuffer;
+use super::doorbell::Doorbell;
+use super::fetch_queues::FetchQueues;
 use super::offsets::OffsetTracker;
 use crate::telemetry::ErrorChain;
 use crate::telemetry::metrics;
@@ -42,8 +45,9 @@ pub(crate) struct PollState {
     requests: Receiver<Request>,
     /// Commands read while draining acknowledgements in a callback, for the poll loop to carry out.
     deferred: Vec<Request>,
-    /// Partitions this consumer has paused for back-pressure.
-    pub paused: BTreeSet<i32>,
+    /// Partitions with messages waiting that back-pressure kept from being read in the last turn
+    /// (`read_policy`).
+    pub held_back: BTreeSet<i32>,
 }
 
 impl PollState {
@@ -52,7 +56,7 @@ impl PollState {
             offsets,
             requests,
             deferred: Vec::new(),
-            paused: BTreeSet::new(),
+            held_back: BTreeSet::new(),
         }
     }
 
@@ -107,12 +111,15 @@ impl PollState {
 pub(crate) struct ChannelContext<T> {
     topic: Arc<str>,
     state: Mutex<PollState>,
+    /// Locked like `state`: by the poll thread only, in its steps or in a callback inside `poll()`.
+    queues: Mutex<FetchQueues>,
     buffer: Arc<DeliveryBuffer<T>>,
 }
 
 impl<T: Send + 'static> ChannelContext<T> {
-    pub fn new(topic: Arc<str>, state: PollState, buffer: Arc<DeliveryBuffer<T>>) -> Self {
+    pub fn new(topic: Arc<str>, state: PollState, buffer: Arc<DeliveryBuffer<T>>, doorbell: Arc<Doorbell>) -> Self {
         Self {
+            queues: Mutex::new(FetchQueues::new(&topic, doorbell)),
             topic,
             state: Mutex::new(state),
             buffer,
@@ -123,6 +130,11 @@ impl<T: Send + 'static> ChannelContext<T> {
     /// panic of that same thread, which then ends anyway.
     pub fn state(&self) -> MutexGuard<'_, PollState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Only the poll thread locks this, as `state`.
+    pub fn queues(&self) -> MutexGuard<'_, FetchQueues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn buffer(&self) -> &DeliveryBuffer<T> {
@@ -146,21 +158,31 @@ impl<T: Send + 'static> ChannelContext<T> {
         for &partition in &partitions {
             metrics::partition_revoked(partition);
         }
+        let mut queues = self.queues();
         for partition in &partitions {
             state.offsets.revoke(*partition);
-            state.paused.remove(partition);
+            state.held_back.remove(partition);
+            queues.remove(*partition);
         }
     }
 
-    fn on_assign(&self, consumer: &PolledConsumer<T>, assigned: &TopicPartitionList) {
+    /// Before librdkafka starts fetching the new partitions: their fetch queues, split off the main
+    /// queue, are read in batches (`fetch_queues`).
+    fn before_assign(&self, consumer: &PolledConsumer<T>, assigned: &TopicPartitionList) {
+        let client = consumer.client().native_ptr();
+        let mut queues = self.queues();
+        for partition in our_partitions(&self.topic, assigned) {
+            if !queues.split(client, partition) {
+                warn!(topic = %self.topic, partition, "no fetch queue for the partition: read one message at a time");
+            }
+        }
+    }
+
+    fn on_assign(&self, assigned: &TopicPartitionList) {
         let partitions = our_partitions(&self.topic, assigned);
         let mut state = self.state();
         for &partition in &partitions {
             state.offsets.assign(partition);
-            state.paused.remove(&partition);
-        }
-        if let Err(error) = consumer.resume(assigned) {
-            debug!(topic = %self.topic, error = %ErrorChain(&error), "resuming newly assigned partitions");
         }
         info!(topic = %self.topic, ?partitions, "partitions assigned");
         for &partition in &partitions {
@@ -172,8 +194,9 @@ impl<T: Send + 'static> ChannelContext<T> {
         // librdkafka unassigns everything after a rebalance error; what we hold is no longer ours.
         let mut state = self.state();
         state.offsets.revoke_all();
-        state.paused.clear();
+        state.held_back.clear();
         self.buffer.clear();
+        self.queues().remove_all();
     }
 }
 
@@ -211,14 +234,16 @@ impl<T: Send + 'static> ClientContext for ChannelContext<T> {
 
 impl<T: Send + 'static> ConsumerContext for ChannelContext<T> {
     fn pre_rebalance(&self, consumer: &PolledConsumer<T>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            self.on_revoke(consumer, revoked);
+        match rebalance {
+            Rebalance::Revoke(revoked) => self.on_revoke(consumer, revoked),
+            Rebalance::Assign(assigned) => self.before_assign(consumer, assigned),
+            Rebalance::Error(_) => {}
         }
     }
 
-    fn post_rebalance(&self, consumer: &PolledConsumer<T>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &PolledConsumer<T>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(assigned) => self.on_assign(consumer, assigned),
+            Rebalance::Assign(assigned) => self.on_assign(assigned),
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
                 warn!(topic = %self.topic, error = %ErrorChain(error), "rebalance error: dropping the assignment");

@@ -1,7 +1,8 @@
 //! The hand-over between the poll thread and the stream: one queue per partition, served round-robin.
 //!
 //! The poll thread pushes a whole batch under one lock and wakes the reader once; the reader takes one
-//! item per `poll_next`, without a wake-up, until the buffer is empty. Keeping a queue per partition
+//! item per `poll_next`, without a wake-up, until the buffer is empty. The reader rings the poll
+//! thread's doorbell only when the poll thread asked for it (it waits for room). Keeping a queue per partition
 //! (instead of one FIFO channel) gives two things a channel cannot:
 //!
 //! * **Fairness.** Items are taken from the partitions in turn, so a partition with a large backlog
@@ -10,20 +11,21 @@
 //! * **Exact revocation.** When a partition is revoked its queue is dropped on the spot, so the stream
 //!   never hands out a message of a partition this consumer no longer owns (its new owner reads it).
 //!
-//! The buffer does not bound itself: the poll thread reads at most `consume_size` messages into it and
-//! pauses partitions when the reader falls behind (see `poll_loop`), which bounds it without blocking.
+//! The buffer does not bound itself: the poll thread reads no more than the room `consume_size` leaves
+//! (see `read_policy`), which bounds it without blocking.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+
+use super::doorbell::Doorbell;
 
 pub(crate) struct DeliveryBuffer<T> {
     inner: Mutex<Inner<T>>,
-    /// Signalled when the reader takes an item while the poll thread waits in
-    /// [`wait_below`](DeliveryBuffer::wait_below).
-    taken: Condvar,
+    /// The poll thread's, rung when the reader takes an item the poll thread waits for
+    /// ([`ring_when_below`](DeliveryBuffer::ring_when_below)).
+    doorbell: Arc<Doorbell>,
 }
 
 struct Inner<T> {
@@ -33,10 +35,9 @@ struct Inner<T> {
     last_served: Option<i32>,
     /// The reader waiting for an item, if it found none.
     waker: Option<Waker>,
-    /// While the poll thread waits in [`wait_below`](DeliveryBuffer::wait_below): the length it waits
-    /// for the buffer to drop under. The reader signals `taken` only then, not on every item: a
-    /// condition-variable signal is a system call, and the reader takes hundreds of thousands of items a
-    /// second.
+    /// Set by [`ring_when_below`](DeliveryBuffer::ring_when_below): the length the poll thread waits for
+    /// the buffer to drop under. The reader rings only then, not on every item: a wake-up is a system
+    /// call, and the reader takes hundreds of thousands of items a second.
     awaited_below: Option<usize>,
     /// An item to hand out before anything else, then end (a fatal error).
     last_words: Option<T>,
@@ -44,7 +45,7 @@ struct Inner<T> {
 }
 
 impl<T> DeliveryBuffer<T> {
-    pub fn new() -> Self {
+    pub fn new(doorbell: Arc<Doorbell>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 queues: BTreeMap::new(),
@@ -55,7 +56,7 @@ impl<T> DeliveryBuffer<T> {
                 last_words: None,
                 finished: false,
             }),
-            taken: Condvar::new(),
+            doorbell,
         }
     }
 
@@ -105,25 +106,10 @@ impl<T> DeliveryBuffer<T> {
         (inner.len, per_partition)
     }
 
-    /// Waits up to `grace` for the reader to bring the buffer below `limit` items; returns the number of
-    /// items then. The poll thread calls it before deciding that the reader is slow.
-    pub fn wait_below(&self, limit: usize, grace: Duration) -> usize {
-        let deadline = Instant::now() + grace;
-        let mut inner = self.lock();
-        while inner.len >= limit && !inner.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            inner.awaited_below = Some(limit);
-            inner = self
-                .taken
-                .wait_timeout(inner, left)
-                .map(|(guard, _)| guard)
-                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-        }
-        inner.awaited_below = None;
-        inner.len
+    /// Has the reader ring the doorbell once the buffer is below `limit` items (once: the poll thread
+    /// asks again if it waits again).
+    pub fn ring_when_below(&self, limit: usize) {
+        self.lock().awaited_below = Some(limit);
     }
 
     /// Ends the stream: `last_words` (if any) is the next item, then `None`; buffered items are dropped,
@@ -166,9 +152,12 @@ impl<T> DeliveryBuffer<T> {
             Some(item) => {
                 inner.len -= 1;
                 let awaited = inner.awaited_below.is_some_and(|limit| inner.len < limit);
+                if awaited {
+                    inner.awaited_below = None;
+                }
                 drop(inner);
                 if awaited {
-                    self.taken.notify_one();
+                    self.doorbell.ring();
                 }
                 Poll::Ready(Some(item))
             }
@@ -184,6 +173,7 @@ impl<T> DeliveryBuffer<T> {
 mod tests {
     use super::*;
     use std::task::Waker;
+    use std::time::{Duration, Instant};
 
     fn take_all(buffer: &DeliveryBuffer<&'static str>) -> Vec<&'static str> {
         let mut cx = Context::from_waker(Waker::noop());
@@ -196,7 +186,7 @@ mod tests {
 
     #[test]
     fn partitions_are_served_in_turn_each_in_order() {
-        let buffer = DeliveryBuffer::new();
+        let buffer = DeliveryBuffer::new(Arc::default());
         buffer.push_batch([
             (0, "a0"),
             (0, "a1"),
@@ -211,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_turn_continues_across_batches() {
-        let buffer = DeliveryBuffer::new();
+        let buffer = DeliveryBuffer::new(Arc::default());
         let mut cx = Context::from_waker(Waker::noop());
         buffer.push_batch([(0, "a0"), (1, "b0")]);
         assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a0")));
@@ -221,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_revoked_partition_loses_its_undelivered_items() {
-        let buffer = DeliveryBuffer::new();
+        let buffer = DeliveryBuffer::new(Arc::default());
         buffer.push_batch([(0, "a0"), (1, "b0"), (1, "b1")]);
         assert_eq!(buffer.remove_partition(1), 2);
         assert_eq!(buffer.lengths().0, 1);
@@ -229,32 +219,31 @@ mod tests {
     }
 
     #[test]
-    fn waiting_for_room_returns_at_once_or_after_the_grace() {
-        let buffer = DeliveryBuffer::new();
-        buffer.push_batch([(0, "a0"), (0, "a1")]);
-        assert_eq!(
-            buffer.wait_below(3, Duration::from_secs(10)),
-            2,
-            "already below: no wait"
-        );
+    fn the_reader_rings_once_when_it_took_the_buffer_below_what_the_poll_thread_waits_for() {
+        let doorbell = Arc::new(Doorbell::default());
+        let buffer = DeliveryBuffer::new(doorbell.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        buffer.push_batch([(0, "a0"), (0, "a1"), (0, "a2")]);
+        buffer.ring_when_below(2);
+        doorbell.reset();
+        assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a0")));
         let started = Instant::now();
-        assert_eq!(buffer.wait_below(2, Duration::from_millis(20)), 2);
-        assert!(started.elapsed() >= Duration::from_millis(20));
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                std::thread::sleep(Duration::from_millis(10));
-                take_all(&buffer);
-            });
-            assert!(
-                buffer.wait_below(2, Duration::from_secs(10)) < 2,
-                "woken by the reader"
-            );
-        });
+        doorbell.wait(Duration::from_millis(30));
+        assert!(started.elapsed() >= Duration::from_millis(30), "rang at 2 items: not below 2");
+        assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a1")));
+        let started = Instant::now();
+        doorbell.wait(Duration::from_secs(10));
+        assert!(started.elapsed() < Duration::from_secs(5), "did not ring at 1 item");
+        doorbell.reset();
+        assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a2")));
+        let started = Instant::now();
+        doorbell.wait(Duration::from_millis(30));
+        assert!(started.elapsed() >= Duration::from_millis(30), "rang again without being asked");
     }
 
     #[test]
     fn finishing_hands_out_the_last_words_then_ends() {
-        let buffer = DeliveryBuffer::new();
+        let buffer = DeliveryBuffer::new(Arc::default());
         let mut cx = Context::from_waker(Waker::noop());
         assert_eq!(buffer.poll_take(&mut cx), Poll::Pending);
         buffer.push_batch([(0, "a0")]);

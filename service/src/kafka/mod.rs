@@ -134,10 +134,12 @@ mod channel_consumer;
 mod context;
 mod delivery_buffer;
 mod deserializer;
+mod doorbell;
 mod error;
+mod fetch_queues;
 mod message;
 mod offsets;
-mod pause_policy;
+mod read_policy;
 mod poll_loop;
 mod progress;
 

@@ -4,60 +4,61 @@
 //!
 //! 1. **Requests.** Applies the acknowledgements sent by `handle()`, stores the offsets that advanced,
 //!    and carries out `commit()` and `close()`.
-//! 2. **Back-pressure.** If the reader is behind, or holds too many messages unhandled, pauses the
-//!    partitions holding more than their share; resumes each once the reader took and handled enough of
-//!    its messages (`pause_policy`).
-//! 3. **A batch.** Polls up to `consume_size - buffered` messages in one go (the first poll waits at most
-//!    100 ms, the rest do not wait), deserializes them and hands the batch to the delivery buffer with
-//!    one wake-up. Rebalance callbacks run inside these polls.
+//! 2. **Events.** Serves what waits on the consumer's main queue, without waiting: rebalance callbacks
+//!    run here (inside `poll()`), errors are looked at.
+//! 3. **A batch.** Reads what the buffer has room for (`read_policy`) from the assigned partitions'
+//!    own queues, in turn, each in one batch call (`fetch_queues`), deserializes it and hands it to the
+//!    delivery buffer with one wake-up. With nothing to read, waits for the doorbell: librdkafka rings
+//!    it when a queue gets something, the reader when it made the room the loop waits for.
 //!
-//! The loop never waits for the reader. A slow reader makes the buffer fill up; then partitions are
-//! paused and the loop goes on polling, which is what keeps the member in the group: librdkafka leaves
-//! the group when `poll()` is not called for `max.poll.interval.ms`, and serves rebalances only inside
-//! `poll()`. A pause in librdkafka also discards what it had prefetched for the partition, and a resume
-//! fetches again from the message after the last one returned, so pausing never loses nor repeats a
-//! message.
+//! The loop never waits for the reader longer than a short poll. A slow reader makes the buffer fill
+//! up; then the loop reads no more messages but goes on serving events, which is what keeps the member
+//! in the group: librdkafka leaves the group when the consumer is not polled for
+//! `max.poll.interval.ms`, and serves rebalances only inside `poll()`. What is not read waits in
+//! librdkafka's prefetch queue, which its own settings bound.
 //!
 //! Errors: librdkafka retries transient errors itself (a broker down, a connection reset); they are
 //! logged and the loop goes on. A fatal error ends the loop: the stream's last item is
 //! [`ConsumerError::Fatal`].
 
 use crate::telemetry::ErrorChain;
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::acknowledgement::{Acknowledgement, BatchShared, Request};
-use super::context::{PolledConsumer, partition_list};
+use super::context::{ChannelContext, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
 use super::error::{ConsumerError, MessagePart};
+use super::doorbell::Doorbell;
+use super::fetch_queues::{Fetched, RawMessage};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::{Epoch, OffsetTracker};
-use super::pause_policy::{self, Buffered, Decision};
+use super::read_policy::{self, Load, Plan};
 use super::progress::ProgressReporter;
 
 /// What the stream yields.
 pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
 
-/// How long one poll waits for a first message while nothing is paused; also the longest delay before
-/// an acknowledgement reaches the offset store.
-const IDLE_POLL: Duration = Duration::from_millis(100);
-/// How long it waits while partitions are paused, so that they resume soon after the reader catches up.
-const PAUSED_POLL: Duration = Duration::from_millis(10);
-/// How long a full buffer may wait for the reader before partitions are paused: a reader that keeps up
-/// takes a batch in far less, and this is nothing next to `max.poll.interval.ms`.
-const READER_GRACE: Duration = Duration::from_millis(5);
+/// How long the loop waits for a message or an event when it has nothing to do; also the longest delay
+/// before an acknowledgement reaches the offset store.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long it waits when the reader left no room: the reader rings when it takes, but handling frees
+/// room too (under the outstanding bound) and does not ring.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
 
 pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
+    /// Declared before the consumer, so that it drops first, also when the thread unwinds.
+    pub _queues_first: ClearQueues<Item<K, V>>,
     pub consumer: PolledConsumer<Item<K, V>>,
     pub topic: Arc<str>,
     pub consume_size: usize,
@@ -67,6 +68,20 @@ pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     pub requests: Sender<Request>,
     /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
     pub progress: Mutex<ProgressReporter>,
+    /// Rung by librdkafka when any of the consumer's queues gets something (`fetch_queues`).
+    pub doorbell: Arc<Doorbell>,
+    /// Which partition's queue the next batch starts with.
+    pub rotation: Cell<usize>,
+}
+
+/// Clears the consumer's fetch queues when dropped: their handles point into the consumer, so they
+/// must go before it (`fetch_queues`).
+pub(crate) struct ClearQueues<T: Send + 'static>(pub Arc<ChannelContext<T>>);
+
+impl<T: Send + 'static> Drop for ClearQueues<T> {
+    fn drop(&mut self) {
+        self.0.queues().clear();
+    }
 }
 
 /// Why the loop stopped.
@@ -82,7 +97,6 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             if let Some(stop) = self.serve_requests() {
                 break stop;
             }
-            self.apply_back_pressure();
             self.report_progress();
             if let Err(fatal) = self.read_batch() {
                 break Stop::Fatal(fatal);
@@ -116,114 +130,68 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         None
     }
 
-    /// Step 2. Pauses partitions when the reader is behind, resumes each once the reader took enough of
-    /// its messages: the rule is `pause_policy`'s.
-    ///
-    /// Pausing is not free: librdkafka drops what it prefetched for the partition and, on resume, fetches
-    /// it again, after the fetch in flight (which the broker may hold for `fetch.wait.max.ms` when the
-    /// other partitions are idle). So the consumer pauses only when the reader really is behind: the
-    /// buffer is still full after a short grace.
-    fn apply_back_pressure(&self) {
-        let total = self.buffer().wait_below(self.consume_size, READER_GRACE);
-        let mut state = self.consumer.context().state();
-        let assigned: Vec<i32> = state.offsets.assigned().collect();
-        let (_, lengths) = self.buffer().lengths();
-        let queued = |partition: i32| lengths.get(&partition).copied().unwrap_or(0);
-        let outstanding = |partition: i32| state.offsets.outstanding(partition);
-        let buffered = Buffered {
-            consume_size: self.consume_size,
-            total,
-            queued: &queued,
-            total_outstanding: assigned.iter().map(|&p| outstanding(p)).sum(),
-            outstanding: &outstanding,
-        };
-        let Decision { pause, resume } = pause_policy::decide(buffered, &assigned, &state.paused);
-        let listed = |partitions: &[i32]| {
-            let offsets: Vec<(i32, i64)> = partitions.iter().map(|&p| (p, 0)).collect();
-            partition_list(&self.topic, &offsets)
-        };
-        if !pause.is_empty() {
-            match self.consumer.pause(&listed(&pause)) {
-                Ok(()) => state.paused.extend(pause),
-                Err(error) => {
-                    warn!(topic = %self.topic, error = %ErrorChain(&error), "pausing partitions failed")
-                }
-            }
-        }
-        if !resume.is_empty() {
-            match self.consumer.resume(&listed(&resume)) {
-                Ok(()) => {
-                    for partition in &resume {
-                        state.paused.remove(partition);
-                    }
-                }
-                Err(error) => {
-                    warn!(topic = %self.topic, error = %ErrorChain(&error), "resuming partitions failed")
-                }
-            }
-        }
-    }
-
-    /// Between steps 2 and 3, once a second: what is in flight, paused, and unhandled longest
-    /// (`progress`).
+    /// Once a second: what is in flight, held back, and unhandled longest (`progress`).
     fn report_progress(&self) {
         let state = self.consumer.context().state();
         let mut reporter = self
             .progress
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        reporter.tick(&state.offsets, &state.paused);
+        reporter.tick(&state.offsets, &state.held_back);
     }
 
-    /// Step 3. Reads one batch and hands it over. `Err` only for a fatal error.
-    fn read_batch(&self) -> Result<(), KafkaError> {
+    /// What this turn may read (`read_policy`); records the partitions it holds back.
+    fn plan(&self) -> Plan {
         let (buffered, _) = self.buffer().lengths();
-        let (outstanding, nothing_paused) = {
-            let state = self.consumer.context().state();
-            (state.offsets.total_outstanding(), state.paused.is_empty())
+        let mut state = self.consumer.context().state();
+        let assigned: Vec<i32> = state.offsets.assigned().collect();
+        let outstanding = |partition: i32| state.offsets.outstanding(partition);
+        let load = Load {
+            consume_size: self.consume_size,
+            buffered,
+            total_outstanding: state.offsets.total_outstanding(),
+            outstanding: &outstanding,
         };
-        // Room in the buffer, and under the bound on everything outstanding (`pause_policy`). Even with
-        // no room, poll: that serves rebalances and heartbeats. The partitions over their share are
-        // paused then; a message of another one may arrive, and is kept (see step 2).
-        let room = self
-            .consume_size
-            .saturating_sub(buffered)
-            .min(pause_policy::outstanding_bound(self.consume_size).saturating_sub(outstanding))
-            .max(1);
-        let mut timeout = if nothing_paused { IDLE_POLL } else { PAUSED_POLL };
+        let plan = read_policy::plan(load, &assigned);
+        // Held back: a partition with messages waiting that this turn does not read.
+        let queues = self.consumer.context().queues();
+        let held_back = assigned
+            .into_iter()
+            .filter(|p| (plan.room == 0 || !plan.read.contains(p)) && queues.waiting(*p))
+            .collect();
+        state.held_back = held_back;
+        plan
+    }
+
+    /// Steps 2 and 3. Serves events, then reads one batch and hands it over. `Err` only for a fatal
+    /// error.
+    fn read_batch(&self) -> Result<(), KafkaError> {
+        // Reset before anything is looked at: what arrives from here on rings.
+        self.doorbell.reset();
         let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
-        let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
         let received_at = Instant::now();
-        while batch.len() < room {
-            let polled = self.consumer.poll(timeout);
-            timeout = Duration::ZERO;
-            match polled {
-                None => break,
-                Some(Ok(message)) => {
-                    if let Some(item) = self.receive(&message, &shared, received_at) {
-                        batch.push(item);
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                    return Err(KafkaError::MessageConsumptionFatal(code));
-                }
-                Some(Err(error)) => {
-                    if let Some((code, reason)) = self.consumer.client().fatal_error() {
-                        warn!(topic = %self.topic, error = %ErrorChain(&error), ?code, reason, "fatal error");
-                        return Err(KafkaError::MessageConsumptionFatal(code));
-                    }
-                    // Transient: librdkafka reconnects and retries by itself. It reports the same error to
-                    // the context's error callback too, which logs it at warn level; here it is detail.
-                    debug!(topic = %self.topic, error = %ErrorChain(&error), "Kafka error; librdkafka retries");
+        let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
+        let plan = self.plan();
+        self.serve_events(plan.room, &shared, received_at, &mut batch)?;
+        let mut fetched = Vec::new();
+        self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
+        {
+            let mut state = self.consumer.context().state();
+            for message in &fetched {
+                match message.error() {
+                    None => batch.extend(self.receive(&mut state.offsets, message, &shared, received_at)),
+                    Some(RDKafkaErrorCode::PartitionEOF) => {}
+                    Some(code) => self.on_error(KafkaError::MessageConsumption(code))?,
                 }
             }
         }
+        drop(fetched); // librdkafka's copies, destroyed here on the poll thread
         if batch.is_empty() {
+            self.wait(plan.room);
             return Ok(());
         }
-        // A rebalance callback may have run between two polls of this batch: keep only the messages of
+        // A rebalance callback may have run while this batch was read: keep only the messages of
         // partitions still assigned in the epoch they were received in.
         let state = self.consumer.context().state();
         let current = batch
@@ -234,26 +202,100 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         Ok(())
     }
 
+    /// Nothing was read: waits for the doorbell, unless events are waiting already. With room, for a
+    /// message or an event, up to [`IDLE_WAIT`]; without, for the reader to take some, up to
+    /// [`BUSY_WAIT`] (acknowledgements, which free room too, do not ring).
+    fn wait(&self, room: usize) {
+        if self.consumer.context().queues().events_pending() {
+            return;
+        }
+        if room == 0 {
+            self.buffer().ring_when_below(self.consume_size);
+            self.doorbell.wait(BUSY_WAIT);
+        } else {
+            self.doorbell.wait(IDLE_WAIT);
+        }
+    }
+
+    /// Serves what waits on the main queue without waiting: rebalances, errors, commit results, and the
+    /// messages of a partition whose queue could not be split off (up to `room`, and one even without:
+    /// `poll()` hands out what comes first).
+    fn serve_events(
+        &self,
+        room: usize,
+        shared: &Arc<BatchShared>,
+        received_at: Instant,
+        batch: &mut Vec<(i32, Epoch, Item<K, V>)>,
+    ) -> Result<(), KafkaError> {
+        loop {
+            match self.consumer.poll(Duration::ZERO) {
+                None => return Ok(()),
+                Some(Ok(message)) => {
+                    let mut state = self.consumer.context().state();
+                    batch.extend(self.receive(&mut state.offsets, &message, shared, received_at));
+                    if batch.len() >= room {
+                        return Ok(());
+                    }
+                }
+                Some(Err(error)) => self.on_error(error)?,
+            }
+        }
+    }
+
+    /// Reads up to `room` messages from the queues of the partitions in `read`, each partition up to an
+    /// equal part of what is left when its turn comes, starting one partition further each turn; again
+    /// while some partition had more and room is left (the others had less than their part).
+    fn read_partitions(&self, room: usize, read: &[i32], fetched: &mut Vec<RawMessage>) {
+        if read.is_empty() || room == 0 {
+            return;
+        }
+        let mut queues = self.consumer.context().queues();
+        let start = self.rotation.get() % read.len();
+        self.rotation.set(start + 1);
+        loop {
+            let before = fetched.len();
+            let turn = read.iter().cycle().skip(start).take(read.len());
+            for (index, &partition) in turn.enumerate() {
+                let left = room.saturating_sub(fetched.len());
+                if left == 0 {
+                    return;
+                }
+                queues.read(partition, left.div_ceil(read.len() - index), fetched);
+            }
+            if fetched.len() == before {
+                return;
+            }
+        }
+    }
+
+    /// A Kafka error from a poll or a batch: `Err` if it is fatal.
+    fn on_error(&self, error: KafkaError) -> Result<(), KafkaError> {
+        match error {
+            KafkaError::PartitionEOF(_) => Ok(()),
+            KafkaError::MessageConsumptionFatal(code) => Err(KafkaError::MessageConsumptionFatal(code)),
+            error => {
+                if let Some((code, reason)) = self.consumer.client().fatal_error() {
+                    warn!(topic = %self.topic, error = %ErrorChain(&error), ?code, reason, "fatal error");
+                    return Err(KafkaError::MessageConsumptionFatal(code));
+                }
+                // Transient: librdkafka reconnects and retries by itself. It reports the same error to the
+                // context's error callback too, which logs it at warn level; here it is detail.
+                debug!(topic = %self.topic, error = %ErrorChain(&error), "Kafka error; librdkafka retries");
+                Ok(())
+            }
+        }
+    }
+
     /// Registers a received message with the offset tracker and deserializes it.
     fn receive(
         &self,
-        message: &BorrowedMessage<'_>,
+        offsets: &mut OffsetTracker,
+        message: &impl Fetched,
         shared: &Arc<BatchShared>,
         received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
-        let epoch = {
-            let mut state = self.consumer.context().state();
-            register(
-                &mut state.offsets,
-                self.buffer(),
-                &self.topic,
-                partition,
-                offset,
-                received_at,
-            )
-        };
-        let Some(epoch) = epoch else {
+        let Some(epoch) = register(offsets, self.buffer(), &self.topic, partition, offset, received_at) else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
         };
@@ -261,7 +303,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             partition,
             offset,
             timestamp: message.timestamp(),
-            headers: message.headers().map(|headers| headers.detach()),
+            headers: message.headers(),
         };
         let acknowledgement = Acknowledgement::new(shared.clone(), partition, offset, epoch);
         let key = self.key_deserializer.deserialize(message.key());
@@ -280,7 +322,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
 
     fn undecodable(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &impl Fetched,
         origin: Origin,
         part: MessagePart,
         error: super::error::DeserializeError,
@@ -321,6 +363,8 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             Stop::Fatal(error) => (Some(Err(ConsumerError::Fatal(error))), None),
         };
         self.buffer().finish(last_words);
+        // The queue handles point into the consumer: gone first (`fetch_queues`).
+        self.consumer.context().queues().clear();
         // rdkafka 0.39's `BaseConsumer::drop` closes the consumer: it revokes the assignment (our
         // callback finds nothing left to commit), sends LeaveGroup so the group rebalances at once, and
         // polls until librdkafka reports the consumer closed.
@@ -364,7 +408,7 @@ mod tests {
     #[test]
     fn a_position_moved_back_drops_the_partitions_buffered_messages_of_the_old_position() {
         let mut offsets = OffsetTracker::default();
-        let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new();
+        let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new(Arc::default());
         offsets.assign(0);
         offsets.assign(1);
         let now = Instant::now();

@@ -1,4 +1,4 @@
-//! What a consumer reports about itself: messages delivered and not yet handled, paused partitions, and
+//! What a consumer reports about itself: messages delivered and not yet handled, partitions held back, and
 //! the unhandled message received longest ago.
 //!
 //! Why the last one matters: a partition's committed offset cannot pass a message that was not
@@ -28,8 +28,9 @@ pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
 pub struct ConsumerProgress {
     /// Messages handed out (or buffered to be) in the current assignments, not handled yet.
     pub unhandled: usize,
-    /// Partitions paused because the reader is behind.
-    pub paused_partitions: Vec<i32>,
+    /// Partitions with messages waiting that back-pressure keeps from being read: the reader is behind,
+    /// or holds too many of theirs unhandled.
+    pub held_back_partitions: Vec<i32>,
     /// The unhandled message received longest ago.
     pub oldest_unhandled: Option<OldestUnhandled>,
 }
@@ -66,7 +67,7 @@ impl ProgressReporter {
     }
 
     /// Takes stock if the last report is [`REPORT_EVERY`] old.
-    pub fn tick(&mut self, offsets: &OffsetTracker, paused: &BTreeSet<i32>) {
+    pub fn tick(&mut self, offsets: &OffsetTracker, held_back: &BTreeSet<i32>) {
         let now = Instant::now();
         if self.last_report.is_some_and(|last| now - last < REPORT_EVERY) {
             return;
@@ -89,13 +90,13 @@ impl ProgressReporter {
         );
         let progress = ConsumerProgress {
             unhandled: offsets.unhandled(),
-            paused_partitions: paused.iter().copied().collect(),
+            held_back_partitions: held_back.iter().copied().collect(),
             oldest_unhandled: oldest,
         };
         metrics::consumer_progress(
             &self.topic,
             progress.unhandled,
-            progress.paused_partitions.len(),
+            progress.held_back_partitions.len(),
             oldest.map_or(Duration::ZERO, |o| o.age),
         );
         if let Some(stuck) = oldest.filter(|o| o.stuck)

@@ -89,16 +89,16 @@ pub fn partition_revoked(partition: i32) {
     counter!("orders_updater_partitions_revoked_total", "partition" => partition.to_string()).increment(1);
 }
 
-/// A `ChannelConsumer`'s report (every second): messages delivered and not handled, partitions paused
-/// for back-pressure, and how long the oldest unhandled message has waited.
+/// A `ChannelConsumer`'s report (every second): messages delivered and not handled, partitions held
+/// back by back-pressure, and how long the oldest unhandled message has waited.
 pub fn consumer_progress(
     topic: &str,
     unhandled: usize,
-    paused_partitions: usize,
+    held_back_partitions: usize,
     oldest_unhandled: Duration,
 ) {
     let topic = topic.to_string();
     gauge!("orders_consumer_unhandled_messages", "topic" => topic.clone()).set(unhandled as f64);
-    gauge!("orders_consumer_paused_partitions", "topic" => topic.clone()).set(paused_partitions as f64);
+    gauge!("orders_consumer_held_back_partitions", "topic" => topic.clone()).set(held_back_partitions as f64);
     gauge!("orders_consumer_oldest_unhandled_seconds", "topic" => topic).set(oldest_unhandled.as_secs_f64());
 }
