@@ -200,7 +200,7 @@ impl ConsumerControl {
         let _ = self.requests.send(request);
     }
 
-    /// What the consumer has in flight, paused, and unhandled longest, as of its last report (at most
+    /// What the consumer has in flight, held back, and unhandled longest, as of its last report (at most
     /// a second old; see the `progress` module).
     pub fn progress(&self) -> ConsumerProgress {
         self.progress
@@ -289,10 +289,10 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             warn!("enable.auto.offset.store overridden to false: offsets are stored by handle()");
         }
         config.set("enable.auto.offset.store", "false");
-        // A paused partition, once resumed, is fetched only after the fetch in flight returns, and the
-        // broker holds that one up to fetch.wait.max.ms when the other partitions are idle. librdkafka's
-        // 500 ms then starves a reader that just caught up; 100 ms keeps it fed, for at most 10 fetch
-        // requests a second per idle broker.
+        // A partition whose prefetch ran low is fetched again only after the fetch in flight returns, and
+        // the broker holds that one up to fetch.wait.max.ms when the other partitions are idle.
+        // librdkafka's 500 ms then starves a reader that just caught up; 100 ms keeps it fed, for at
+        // most 10 fetch requests a second per idle broker.
         set_default(&mut config, "fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
         // When its prefetch queue passes queued.min.messages, librdkafka stops fetching for
         // fetch.queue.backoff.ms and does not look again before that time is up, even if the queue

@@ -2,8 +2,8 @@
 //!
 //! librdkafka reads fast in batches, but its consumer is a blocking poll loop, and what a Rust service
 //! wants is a `Stream` it can `.await`, batch with `chunks_timeout`, and process concurrently, with
-//! offsets committed only for messages it finished. `ChannelConsumer` is that: a thread polls librdkafka
-//! in batches and fills a bounded buffer; the stream hands out the messages; each message's `handle()`
+//! offsets committed only for messages it finished. `ChannelConsumer` is that: a thread reads librdkafka's
+//! per-partition queues in batches and fills a bounded buffer; the stream hands out the messages; each message's `handle()`
 //! says "done", and the consumer commits the longest finished prefix of each partition. (Its API follows
 //! the C# course exercise the project began with.) The cache updater reads the `order-events` topic
 //! through it.
@@ -71,17 +71,13 @@
 //! * **At least once.** A message's offset is committed only after the message, and every message
 //!   delivered before it from its partition, was handled. Whatever was not handled is delivered again
 //!   after a restart or a rebalance, to this consumer or to another member of the group.
-//! * **Order.** Within one partition, messages come in offset order. Across partitions there is no order;
-//!   messages buffered here are handed out from the partitions in turn, and when the reader falls
-//!   behind, the partitions holding more than their share of the buffer are paused so that the others
-//!   still get in, each resumed once the reader took half a share of it (`pause_policy`). What is not
-//!   yet fair is the step before: librdkafka hands out its prefetched messages from one FIFO queue for
-//!   all partitions, so with backlogs on several, a partition whose fetch landed behind another's
-//!   waits for it (a test saw 2,700 messages of the others in between; the ignored test
-//!   `three_backlogs_and_a_slow_reader_keep_every_partition_served`). A new message on an idle
-//!   partition still comes through within a second of a backlog elsewhere (test
-//!   `one_consumer_reads_three_partitions_without_starving_any`). A partition's order
-//!   restarts only when it is reassigned: [`KafkaMessage::assignment_epoch`] tells the assignments apart.
+//! * **Order.** Within one partition, messages come in offset order. Across partitions there is no order,
+//!   but there is fairness: each partition has its own queue in librdkafka, read in turn, each up to an
+//!   equal part of a batch, and the buffer here hands its messages out from the partitions in turn. So a
+//!   backlog on one partition does not hold back another's messages (test
+//!   `three_backlogs_and_a_slow_reader_keep_every_partition_served`: between two deliveries of a
+//!   partition, at most a buffer's worth of the others). A partition's order restarts only when it is
+//!   reassigned: [`KafkaMessage::assignment_epoch`] tells the assignments apart.
 //! * **Out-of-order handling is safe.** Per partition the consumer stores offset + 1 of the last message
 //!   of the longest *handled prefix* of what it delivered. "Prefix" follows delivery, not offset
 //!   arithmetic, so gaps in offsets (compaction, transaction markers) never stall it. With
@@ -92,13 +88,14 @@
 //!   dropped (the next owner reads them); `handle()` on a message of a partition no longer owned does
 //!   nothing. Newly assigned partitions start at their committed offsets. A *lost* assignment (this
 //!   member was timed out) commits nothing, since the partitions may already be someone else's.
-//! * **Back-pressure without leaving the group.** At most `consume_size` messages are read in one go,
-//!   and about `consume_size` are buffered (never twice that: partitions below their fair share may top
-//!   up a full buffer, for fairness). When the reader is slow, the consumer pauses partitions instead of
-//!   blocking, and keeps polling Kafka, so heartbeats and rebalances are served and
-//!   `max.poll.interval.ms` is never exceeded because of a slow reader. A reader that takes messages
-//!   and does not handle them is held back the same way: everything outstanding (buffered, held, or
-//!   handled behind a message that is not) stays around three times `consume_size` at most.
+//! * **Back-pressure without leaving the group.** The buffer holds at most `consume_size` messages. When
+//!   the reader is slow, the consumer stops reading from librdkafka's queues (where what was fetched
+//!   waits, bounded by librdkafka's `queued.max.messages.kbytes`) instead of blocking, and keeps polling
+//!   for events, so heartbeats and rebalances are served and `max.poll.interval.ms` is never exceeded
+//!   because of a slow reader. A reader that takes messages and does not handle them is held back the
+//!   same way: everything outstanding (buffered, held, or handled behind a message that is not) stays
+//!   under three times `consume_size`, and a partition whose messages the reader hoards stops first
+//!   (`read_policy`).
 //! * **Errors.** Deserialization failures are items, as above. Transient broker errors are logged
 //!   (`tracing`) and retried by librdkafka. A fatal error is the stream's last item,
 //!   [`ConsumerError::Fatal`].
@@ -121,7 +118,9 @@
 //!
 //! * `channel_consumer`: the public type, its builder, and how the two threads split the work;
 //! * `poll_loop`: the poll thread, batching and back-pressure;
-//! * `pause_policy`: which partitions back-pressure pauses and resumes;
+//! * `fetch_queues`: each partition's librdkafka queue, read in batches;
+//! * `read_policy`: how much a turn reads, and from which partitions;
+//! * `doorbell`: where the poll thread waits, and what wakes it;
 //! * `progress`: what the consumer reports about itself, and the warning for a stuck message;
 //! * `context`: the rebalance callbacks;
 //! * `offsets`: the contiguous-prefix rule and assignment epochs;

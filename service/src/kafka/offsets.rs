@@ -185,7 +185,7 @@ impl OffsetTracker {
     }
 
     /// Messages of `partition` not yet behind its stored offset: buffered, taken and not handled, or
-    /// handled behind one that is not (what the hoarding bound counts: `pause_policy`).
+    /// handled behind one that is not (what the hoarding bound counts: `read_policy`).
     pub fn outstanding(&self, partition: i32) -> usize {
         self.partitions.get(&partition).map_or(0, |p| p.in_flight.len())
     }
