@@ -275,7 +275,11 @@ impl Fetched for RawMessage {
         let mut headers = ptr::null_mut();
         // SAFETY: a live message; the headers stay the message's.
         let found = unsafe { rd::rd_kafka_message_headers(self.0.as_ptr(), &mut headers) };
-        if found != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || headers.is_null() {
+        // SAFETY: `headers` is checked before it is read.
+        if found != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || headers.is_null()
+            || unsafe { rd::rd_kafka_header_cnt(headers) } == 0
+        {
             return None;
         }
         let mut owned = OwnedHeaders::new();

@@ -124,6 +124,7 @@
 //! * `progress`: what the consumer reports about itself, and the warning for a stuck message;
 //! * `context`: the rebalance callbacks;
 //! * `offsets`: the contiguous-prefix rule and assignment epochs;
+//! * `delivery`: a message between the two threads, decoded by the reader;
 //! * `delivery_buffer`: per-partition queues served round-robin;
 //! * `acknowledgement`: what `handle()`, `commit()` and `close()` send;
 //! * `message`, `deserializer`, `error`: the types users see.
@@ -131,6 +132,7 @@
 mod acknowledgement;
 mod channel_consumer;
 mod context;
+mod delivery;
 mod delivery_buffer;
 mod deserializer;
 mod doorbell;
@@ -149,5 +151,5 @@ pub use deserializer::{
 pub use error::{ConsumerError, DeserializeError, MessagePart};
 pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
 pub use offsets::Epoch;
-pub use poll_loop::Item;
+pub use delivery::Item;
 pub use progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, OldestUnhandled};

@@ -36,18 +36,14 @@ use tracing::{debug, warn};
 
 use super::acknowledgement::{Acknowledgement, BatchShared, Request};
 use super::context::{ChannelContext, PolledConsumer};
+use super::delivery::Delivery;
 use super::delivery_buffer::DeliveryBuffer;
-use super::deserializer::Deserializer;
-use super::error::{ConsumerError, MessagePart};
 use super::doorbell::Doorbell;
+use super::error::ConsumerError;
 use super::fetch_queues::{Fetched, RawMessage};
-use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::{Epoch, OffsetTracker};
-use super::read_policy::{self, Load, Plan};
 use super::progress::ProgressReporter;
-
-/// What the stream yields.
-pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
+use super::read_policy::{self, Load, Plan};
 
 /// How long the loop waits for a message or an event when it has nothing to do; also the longest delay
 /// before an acknowledgement reaches the offset store.
@@ -56,14 +52,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// room too (under the outstanding bound) and does not ring.
 const BUSY_WAIT: Duration = Duration::from_millis(10);
 
-pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
+pub(crate) struct PollLoop {
     /// Declared before the consumer, so that it drops first, also when the thread unwinds.
-    pub _queues_first: ClearQueues<Item<K, V>>,
-    pub consumer: PolledConsumer<Item<K, V>>,
+    pub _queues_first: ClearQueues,
+    pub consumer: PolledConsumer<Delivery>,
     pub topic: Arc<str>,
     pub consume_size: usize,
-    pub key_deserializer: Box<dyn Deserializer<K>>,
-    pub value_deserializer: Box<dyn Deserializer<V>>,
     /// Cloned into every message, to acknowledge itself.
     pub requests: Sender<Request>,
     /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
@@ -76,9 +70,9 @@ pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
 
 /// Clears the consumer's fetch queues when dropped: their handles point into the consumer, so they
 /// must go before it (`fetch_queues`).
-pub(crate) struct ClearQueues<T: Send + 'static>(pub Arc<ChannelContext<T>>);
+pub(crate) struct ClearQueues(pub Arc<ChannelContext<Delivery>>);
 
-impl<T: Send + 'static> Drop for ClearQueues<T> {
+impl Drop for ClearQueues {
     fn drop(&mut self) {
         self.0.queues().clear();
     }
@@ -90,7 +84,7 @@ enum Stop {
     Fatal(KafkaError),
 }
 
-impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
+impl PollLoop {
     /// Runs until `close()` (or the consumer's `Drop`) asks it to stop, or a fatal error.
     pub fn run(self) {
         let stop = loop {
@@ -105,7 +99,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         self.close(stop);
     }
 
-    fn buffer(&self) -> &super::delivery_buffer::DeliveryBuffer<Item<K, V>> {
+    fn buffer(&self) -> &DeliveryBuffer<Delivery> {
         self.consumer.context().buffer()
     }
 
@@ -171,14 +165,14 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
         let received_at = Instant::now();
-        let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
+        let mut batch: Vec<(i32, Epoch, Delivery)> = Vec::new();
         let plan = self.plan();
         self.serve_events(plan.room, &shared, received_at, &mut batch)?;
         let mut fetched = Vec::new();
         self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
         {
             let mut state = self.consumer.context().state();
-            for message in &fetched {
+            for message in fetched {
                 match message.error() {
                     None => batch.extend(self.receive(&mut state.offsets, message, &shared, received_at)),
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
@@ -186,7 +180,6 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                 }
             }
         }
-        drop(fetched); // librdkafka's copies, destroyed here on the poll thread
         if batch.is_empty() {
             self.wait(plan.room);
             return Ok(());
@@ -225,14 +218,14 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         room: usize,
         shared: &Arc<BatchShared>,
         received_at: Instant,
-        batch: &mut Vec<(i32, Epoch, Item<K, V>)>,
+        batch: &mut Vec<(i32, Epoch, Delivery)>,
     ) -> Result<(), KafkaError> {
         loop {
             match self.consumer.poll(Duration::ZERO) {
                 None => return Ok(()),
                 Some(Ok(message)) => {
                     let mut state = self.consumer.context().state();
-                    batch.extend(self.receive(&mut state.offsets, &message, shared, received_at));
+                    batch.extend(self.receive(&mut state.offsets, message.detach(), shared, received_at));
                     if batch.len() >= room {
                         return Ok(());
                     }
@@ -286,58 +279,25 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         }
     }
 
-    /// Registers a received message with the offset tracker and deserializes it.
-    fn receive(
+    /// Registers a received message with the offset tracker and gives it its acknowledgement; the
+    /// reader decodes it (`delivery`).
+    fn receive<M: Fetched>(
         &self,
         offsets: &mut OffsetTracker,
-        message: &impl Fetched,
+        message: M,
         shared: &Arc<BatchShared>,
         received_at: Instant,
-    ) -> Option<(i32, Epoch, Item<K, V>)> {
+    ) -> Option<(i32, Epoch, Delivery)>
+    where
+        (M, Acknowledgement): Into<Delivery>,
+    {
         let (partition, offset) = (message.partition(), message.offset());
         let Some(epoch) = register(offsets, self.buffer(), &self.topic, partition, offset, received_at) else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
         };
-        let origin = Origin {
-            partition,
-            offset,
-            timestamp: message.timestamp(),
-            headers: message.headers(),
-        };
         let acknowledgement = Acknowledgement::new(shared.clone(), partition, offset, epoch);
-        let key = self.key_deserializer.deserialize(message.key());
-        let value = self.value_deserializer.deserialize(message.payload());
-        let item = match (key, value) {
-            (Ok(key), Ok(value)) => Ok(KafkaMessage::new(key, value, origin, acknowledgement)),
-            (Err(error), _) => {
-                Err(self.undecodable(message, origin, MessagePart::Key, error, acknowledgement))
-            }
-            (_, Err(error)) => {
-                Err(self.undecodable(message, origin, MessagePart::Value, error, acknowledgement))
-            }
-        };
-        Some((partition, epoch, item))
-    }
-
-    fn undecodable(
-        &self,
-        message: &impl Fetched,
-        origin: Origin,
-        part: MessagePart,
-        error: super::error::DeserializeError,
-        acknowledgement: Acknowledgement,
-    ) -> ConsumerError {
-        let undecodable = UndecodableMessage::new(
-            origin,
-            message.key().map(<[u8]>::to_vec),
-            message.payload().map(<[u8]>::to_vec),
-            part,
-            error,
-            acknowledgement,
-        );
-        warn!(%undecodable, "undecodable message");
-        ConsumerError::Undecodable(Box::new(undecodable))
+        Some((partition, epoch, (message, acknowledgement).into()))
     }
 
     /// Commits what was handled, ends the stream, and leaves the group.
@@ -360,7 +320,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         }
         let (last_words, reply) = match stop {
             Stop::Close(reply) => (None, Some(reply)),
-            Stop::Fatal(error) => (Some(Err(ConsumerError::Fatal(error))), None),
+            Stop::Fatal(error) => (Some(Delivery::Failed(ConsumerError::Fatal(error))), None),
         };
         self.buffer().finish(last_words);
         // The queue handles point into the consumer: gone first (`fetch_queues`).
