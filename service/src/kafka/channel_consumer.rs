@@ -36,8 +36,7 @@ use super::doorbell::Doorbell;
 use super::deserializer::{Deserializer, default_deserializer};
 use super::error::{ConsumerError, MessagePart};
 use super::offsets::OffsetTracker;
-use super::delivery::{Decoder, Delivery, Item};
-use super::poll_loop::{ClearQueues, PollLoop};
+use super::poll_loop::{ClearQueues, Item, PollLoop};
 use super::progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, ProgressReporter};
 
 /// `fetch.wait.max.ms` unless the configuration sets it (see `build`).
@@ -52,9 +51,7 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// guarantees.
 #[must_use = "a consumer does nothing unless its stream is read; dropping it leaves the group"]
 pub struct ChannelConsumer<K, V> {
-    buffer: Arc<DeliveryBuffer<Delivery>>,
-    /// Messages are decoded as the reader takes them (`delivery`).
-    decoder: Decoder<K, V>,
+    buffer: Arc<DeliveryBuffer<Item<K, V>>>,
     control: ConsumerControl,
     poll_thread: Option<JoinHandle<()>>,
 }
@@ -148,9 +145,7 @@ impl<K, V> Stream for ChannelConsumer<K, V> {
     type Item = Item<K, V>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.buffer
-            .poll_take(cx)
-            .map(|delivery| delivery.map(|delivery| self.decoder.decode(delivery)))
+        self.buffer.poll_take(cx)
     }
 }
 
@@ -329,6 +324,8 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             consumer,
             topic: topic.clone(),
             consume_size: self.consume_size,
+            key_deserializer,
+            value_deserializer,
             requests: requests.clone(),
             progress: Mutex::new(ProgressReporter::new(
                 topic.clone(),
@@ -344,16 +341,12 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             .spawn(move || {
                 let run = std::panic::AssertUnwindSafe(|| poll_loop.run());
                 if std::panic::catch_unwind(run).is_err() {
-                    thread_buffer.finish(Some(Delivery::Failed(ConsumerError::PollThreadPanicked)));
+                    thread_buffer.finish(Some(Err(ConsumerError::PollThreadPanicked)));
                 }
             })
             .map_err(ConsumerError::Thread)?;
         Ok(ChannelConsumer {
             buffer,
-            decoder: Decoder {
-                key: key_deserializer,
-                value: value_deserializer,
-            },
             control: ConsumerControl {
                 requests,
                 close_timeout: self.close_timeout,

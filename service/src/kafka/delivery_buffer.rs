@@ -99,7 +99,13 @@ impl<T> DeliveryBuffer<T> {
         inner.len = 0;
     }
 
+    /// The number of undelivered items.
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
     /// The number of undelivered items, in total and per partition.
+    #[cfg(test)]
     pub fn lengths(&self) -> (usize, BTreeMap<i32, usize>) {
         let inner = self.lock();
         let per_partition = inner.queues.iter().map(|(&p, q)| (p, q.len())).collect();

@@ -124,7 +124,6 @@
 //! * `progress`: what the consumer reports about itself, and the warning for a stuck message;
 //! * `context`: the rebalance callbacks;
 //! * `offsets`: the contiguous-prefix rule and assignment epochs;
-//! * `delivery`: a message between the two threads, decoded by the reader;
 //! * `delivery_buffer`: per-partition queues served round-robin;
 //! * `acknowledgement`: what `handle()`, `commit()` and `close()` send;
 //! * `message`, `deserializer`, `error`: the types users see.
@@ -132,7 +131,6 @@
 mod acknowledgement;
 mod channel_consumer;
 mod context;
-mod delivery;
 mod delivery_buffer;
 mod deserializer;
 mod doorbell;
@@ -151,5 +149,5 @@ pub use deserializer::{
 pub use error::{ConsumerError, DeserializeError, MessagePart};
 pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
 pub use offsets::Epoch;
-pub use delivery::Item;
+pub use poll_loop::Item;
 pub use progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, OldestUnhandled};

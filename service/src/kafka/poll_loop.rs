@@ -36,14 +36,18 @@ use tracing::{debug, warn};
 
 use super::acknowledgement::{Acknowledgement, BatchShared, Request};
 use super::context::{ChannelContext, PolledConsumer};
-use super::delivery::Delivery;
 use super::delivery_buffer::DeliveryBuffer;
+use super::deserializer::Deserializer;
+use super::error::{ConsumerError, MessagePart};
 use super::doorbell::Doorbell;
-use super::error::ConsumerError;
 use super::fetch_queues::{Fetched, RawMessage};
+use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::{Epoch, OffsetTracker};
-use super::progress::ProgressReporter;
 use super::read_policy::{self, Load, Plan};
+use super::progress::ProgressReporter;
+
+/// What the stream yields.
+pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
 
 /// How long the loop waits for a message or an event when it has nothing to do; also the longest delay
 /// before an acknowledgement reaches the offset store.
@@ -52,12 +56,14 @@ const IDLE_WAIT: Duration = Duration::from_millis(100);
 /// room too (under the outstanding bound) and does not ring.
 const BUSY_WAIT: Duration = Duration::from_millis(10);
 
-pub(crate) struct PollLoop {
+pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     /// Declared before the consumer, so that it drops first, also when the thread unwinds.
-    pub _queues_first: ClearQueues,
-    pub consumer: PolledConsumer<Delivery>,
+    pub _queues_first: ClearQueues<Item<K, V>>,
+    pub consumer: PolledConsumer<Item<K, V>>,
     pub topic: Arc<str>,
     pub consume_size: usize,
+    pub key_deserializer: Box<dyn Deserializer<K>>,
+    pub value_deserializer: Box<dyn Deserializer<V>>,
     /// Cloned into every message, to acknowledge itself.
     pub requests: Sender<Request>,
     /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
@@ -70,9 +76,9 @@ pub(crate) struct PollLoop {
 
 /// Clears the consumer's fetch queues when dropped: their handles point into the consumer, so they
 /// must go before it (`fetch_queues`).
-pub(crate) struct ClearQueues(pub Arc<ChannelContext<Delivery>>);
+pub(crate) struct ClearQueues<T: Send + 'static>(pub Arc<ChannelContext<T>>);
 
-impl Drop for ClearQueues {
+impl<T: Send + 'static> Drop for ClearQueues<T> {
     fn drop(&mut self) {
         self.0.queues().clear();
     }
@@ -84,7 +90,7 @@ enum Stop {
     Fatal(KafkaError),
 }
 
-impl PollLoop {
+impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     /// Runs until `close()` (or the consumer's `Drop`) asks it to stop, or a fatal error.
     pub fn run(self) {
         let stop = loop {
@@ -99,7 +105,7 @@ impl PollLoop {
         self.close(stop);
     }
 
-    fn buffer(&self) -> &DeliveryBuffer<Delivery> {
+    fn buffer(&self) -> &super::delivery_buffer::DeliveryBuffer<Item<K, V>> {
         self.consumer.context().buffer()
     }
 
@@ -136,7 +142,7 @@ impl PollLoop {
 
     /// What this turn may read (`read_policy`); records the partitions it holds back.
     fn plan(&self) -> Plan {
-        let (buffered, _) = self.buffer().lengths();
+        let buffered = self.buffer().len();
         let mut state = self.consumer.context().state();
         let assigned: Vec<i32> = state.offsets.assigned().collect();
         let outstanding = |partition: i32| state.offsets.outstanding(partition);
@@ -165,14 +171,14 @@ impl PollLoop {
         let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
         let received_at = Instant::now();
-        let mut batch: Vec<(i32, Epoch, Delivery)> = Vec::new();
+        let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         let plan = self.plan();
         self.serve_events(plan.room, &shared, received_at, &mut batch)?;
         let mut fetched = Vec::new();
         self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
         {
             let mut state = self.consumer.context().state();
-            for message in fetched {
+            for message in &fetched {
                 match message.error() {
                     None => batch.extend(self.receive(&mut state.offsets, message, &shared, received_at)),
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
@@ -180,6 +186,7 @@ impl PollLoop {
                 }
             }
         }
+        drop(fetched); // librdkafka's copies, destroyed here on the poll thread
         if batch.is_empty() {
             self.wait(plan.room);
             return Ok(());
@@ -203,7 +210,8 @@ impl PollLoop {
             return;
         }
         if room == 0 {
-            self.buffer().ring_when_below(self.consume_size);
+            self.buffer()
+                .ring_when_below(read_policy::low_water(self.consume_size) + 1);
             self.doorbell.wait(BUSY_WAIT);
         } else {
             self.doorbell.wait(IDLE_WAIT);
@@ -218,14 +226,14 @@ impl PollLoop {
         room: usize,
         shared: &Arc<BatchShared>,
         received_at: Instant,
-        batch: &mut Vec<(i32, Epoch, Delivery)>,
+        batch: &mut Vec<(i32, Epoch, Item<K, V>)>,
     ) -> Result<(), KafkaError> {
         loop {
             match self.consumer.poll(Duration::ZERO) {
                 None => return Ok(()),
                 Some(Ok(message)) => {
                     let mut state = self.consumer.context().state();
-                    batch.extend(self.receive(&mut state.offsets, message.detach(), shared, received_at));
+                    batch.extend(self.receive(&mut state.offsets, &message, shared, received_at));
                     if batch.len() >= room {
                         return Ok(());
                     }
@@ -279,25 +287,58 @@ impl PollLoop {
         }
     }
 
-    /// Registers a received message with the offset tracker and gives it its acknowledgement; the
-    /// reader decodes it (`delivery`).
-    fn receive<M: Fetched>(
+    /// Registers a received message with the offset tracker and deserializes it.
+    fn receive(
         &self,
         offsets: &mut OffsetTracker,
-        message: M,
+        message: &impl Fetched,
         shared: &Arc<BatchShared>,
         received_at: Instant,
-    ) -> Option<(i32, Epoch, Delivery)>
-    where
-        (M, Acknowledgement): Into<Delivery>,
-    {
+    ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
         let Some(epoch) = register(offsets, self.buffer(), &self.topic, partition, offset, received_at) else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
         };
+        let origin = Origin {
+            partition,
+            offset,
+            timestamp: message.timestamp(),
+            headers: message.headers(),
+        };
         let acknowledgement = Acknowledgement::new(shared.clone(), partition, offset, epoch);
-        Some((partition, epoch, (message, acknowledgement).into()))
+        let key = self.key_deserializer.deserialize(message.key());
+        let value = self.value_deserializer.deserialize(message.payload());
+        let item = match (key, value) {
+            (Ok(key), Ok(value)) => Ok(KafkaMessage::new(key, value, origin, acknowledgement)),
+            (Err(error), _) => {
+                Err(self.undecodable(message, origin, MessagePart::Key, error, acknowledgement))
+            }
+            (_, Err(error)) => {
+                Err(self.undecodable(message, origin, MessagePart::Value, error, acknowledgement))
+            }
+        };
+        Some((partition, epoch, item))
+    }
+
+    fn undecodable(
+        &self,
+        message: &impl Fetched,
+        origin: Origin,
+        part: MessagePart,
+        error: super::error::DeserializeError,
+        acknowledgement: Acknowledgement,
+    ) -> ConsumerError {
+        let undecodable = UndecodableMessage::new(
+            origin,
+            message.key().map(<[u8]>::to_vec),
+            message.payload().map(<[u8]>::to_vec),
+            part,
+            error,
+            acknowledgement,
+        );
+        warn!(%undecodable, "undecodable message");
+        ConsumerError::Undecodable(Box::new(undecodable))
     }
 
     /// Commits what was handled, ends the stream, and leaves the group.
@@ -320,7 +361,7 @@ impl PollLoop {
         }
         let (last_words, reply) = match stop {
             Stop::Close(reply) => (None, Some(reply)),
-            Stop::Fatal(error) => (Some(Delivery::Failed(ConsumerError::Fatal(error))), None),
+            Stop::Fatal(error) => (Some(Err(ConsumerError::Fatal(error))), None),
         };
         self.buffer().finish(last_words);
         // The queue handles point into the consumer: gone first (`fetch_queues`).

@@ -16,7 +16,9 @@
 //! * **Room.** A turn reads at most what keeps the buffer at `consume_size`, and everything
 //!   outstanding under [`outstanding_bound`] (three times `consume_size`: the buffer, a batch in the
 //!   reader's hands, and a margin for the next rule to act in). A slow reader leaves no room, and
-//!   nothing is read until it takes some.
+//!   nothing is read until it has taken the buffer down to half ([`low_water`]): read as soon as there
+//!   was room for one, the poll thread would refill a full buffer one message a turn, each turn costing
+//!   what a batch does (measured: a drain at 0.86 million messages/s instead of 1.6).
 //! * **Hoarding.** When everything outstanding reaches twice `consume_size`, the partitions with two
 //!   shares or more of it are not read: the reader takes their messages and does not handle them. One
 //!   message held freezes its partition's commits, and taking from the buffer would let it hold
@@ -50,6 +52,11 @@ pub(crate) fn outstanding_bound(consume_size: usize) -> usize {
     3 * consume_size
 }
 
+/// While the buffer holds more than this, a turn reads nothing: the reader is ahead of nothing.
+pub(crate) fn low_water(consume_size: usize) -> usize {
+    consume_size / 2
+}
+
 /// What a turn may read.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -64,10 +71,13 @@ pub(crate) fn plan(load: Load<'_>, assigned: &[i32]) -> Plan {
     if assigned.is_empty() {
         return Plan::default();
     }
-    let room = load
-        .consume_size
-        .saturating_sub(load.buffered)
-        .min(outstanding_bound(load.consume_size).saturating_sub(load.total_outstanding));
+    let room = if load.buffered > low_water(load.consume_size) {
+        0
+    } else {
+        load.consume_size
+            .saturating_sub(load.buffered)
+            .min(outstanding_bound(load.consume_size).saturating_sub(load.total_outstanding))
+    };
     let share = (load.consume_size / assigned.len()).max(1);
     let hoarding = load.total_outstanding >= 2 * load.consume_size;
     let hoarded = |p: i32| hoarding && (load.outstanding)(p) >= 2 * share;
@@ -105,9 +115,10 @@ mod tests {
     }
 
     #[test]
-    fn a_full_buffer_leaves_no_room() {
+    fn a_buffer_over_half_full_leaves_no_room_until_the_reader_took_it_down_to_half() {
         assert_eq!(plan_for(300, 300, &[(0, 300), (1, 0)]).room, 0);
-        assert_eq!(plan_for(300, 301, &[(0, 301), (1, 0)]).room, 0);
+        assert_eq!(plan_for(300, 151, &[(0, 151), (1, 0)]).room, 0, "one over half");
+        assert_eq!(plan_for(300, 150, &[(0, 150), (1, 0)]).room, 150, "half");
     }
 
     #[test]
