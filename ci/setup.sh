@@ -2,8 +2,10 @@
 # Installs what the project needs on a Debian machine, and only what is missing: a second run takes
 # seconds. Used by ci/test.sh and ci/run.sh; safe to run by hand.
 #
-#   apt:   postgresql (server), redis-server, maven, a JDK >= 17, a C toolchain for librdkafka
-#   maven: the Apache Kafka broker jars (ci/kafka/pom.xml) into ~/.cache/orders-cache/kafka-<version>
+#   apt:   postgresql (server), redis-server, maven, a JDK >= 17, a C toolchain for librdkafka, and
+#          kcat (the consumer benchmark's outside anchor)
+#   maven: the Apache Kafka broker jars (ci/kafka/pom.xml) into ~/.cache/orders-cache/kafka-<version>,
+#          Kafka's tools (ci/kafka/tools/pom.xml) into ~/.cache/orders-cache/kafka-tools-<version>
 #   go:    grpcurl, for exploring the API through server reflection
 set -euo pipefail
 
@@ -26,6 +28,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
 if ! command -v java >/dev/null 2>&1 || [ "$(java_major)" -lt 17 ]; then missing+=(openjdk-17-jre-headless); fi
 for pkg in build-essential pkg-config zlib1g-dev; do have_pkg "$pkg" || missing+=("$pkg"); done
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null 2>&1 ||
@@ -38,22 +41,28 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's postgresql package starts a cluster of its own on port 5432; the tests never use it.
 
-# --- Kafka broker jars ---------------------------------------------------------------------------
-# Same directory the harness uses (harness/src/stack/tools.rs: kafka_libs_dir).
+# --- Kafka jars ----------------------------------------------------------------------------------
+# Same directories the harness uses (harness/src/stack/tools.rs: kafka_libs_dir, kafka_tools_dir).
 kafka_version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root/ci/kafka/pom.xml")"
 [ -n "$kafka_version" ] || die "no <kafka.version> in ci/kafka/pom.xml"
-kafka_libs="${KAFKA_LIBS:-${XDG_CACHE_HOME:-$HOME/.cache}/orders-cache/kafka-$kafka_version}"
-if [ ! -f "$kafka_libs/.complete" ]; then
-  say "downloading Apache Kafka $kafka_version jars into $kafka_libs (maven)"
-  staging="$kafka_libs.partial-$$"
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/orders-cache"
+
+# fetch_jars WHAT POM DIR: the runtime dependencies of POM into DIR, once (DIR/.complete says done).
+fetch_jars() {
+  local what="$1" pom="$2" dir="$3"
+  [ -f "$dir/.complete" ] && return 0
+  say "downloading $what $kafka_version jars into $dir (maven)"
+  local staging="$dir.partial-$$"
   rm -rf "$staging"
-  mvn -q -B -f "$root/ci/kafka/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -f "$pom" dependency:copy-dependencies -Dkafka.version="$kafka_version" \
       -DincludeScope=runtime -DoutputDirectory="$staging" ||
-    die "could not download the Kafka jars; retry with: mvn -f ci/kafka/pom.xml dependency:copy-dependencies"
+    die "could not download the $what jars; retry with: mvn -f ${pom#"$root/"} -Dkafka.version=$kafka_version dependency:copy-dependencies"
   touch "$staging/.complete"
-  mkdir -p "$(dirname "$kafka_libs")"
-  mv -T "$staging" "$kafka_libs" 2>/dev/null || rm -rf "$staging"
-fi
+  mkdir -p "$(dirname "$dir")"
+  mv -T "$staging" "$dir" 2>/dev/null || rm -rf "$staging"
+}
+fetch_jars "Apache Kafka" "$root/ci/kafka/pom.xml" "${KAFKA_LIBS:-$cache/kafka-$kafka_version}"
+fetch_jars "Kafka tools" "$root/ci/kafka/tools/pom.xml" "${KAFKA_TOOLS_LIBS:-$cache/kafka-tools-$kafka_version}"
 
 # --- grpcurl -------------------------------------------------------------------------------------
 gobin="$(go env GOPATH 2>/dev/null || echo "$HOME/go")/bin"
@@ -67,4 +76,4 @@ if ! command -v grpcurl >/dev/null 2>&1 && [ ! -x "$gobin/grpcurl" ]; then
   fi
 fi
 
-say "ready (postgres, redis-server, java $(java_major), kafka $kafka_version jars)"
+say "ready (postgres, redis-server, kcat, java $(java_major), kafka $kafka_version jars and tools)"

@@ -7,7 +7,14 @@
 //! * `ChannelConsumer`: `consume_size` 1000, read as batches through `chunks_timeout(1000, 10 ms)`,
 //!   `handle()` on every message (values deserialized as `Vec<u8>`, as a user gets them);
 //! * `BaseConsumer`: rdkafka's plain poll loop, one `poll()` per message, storing each offset;
-//! * `StreamConsumer`: rdkafka's async consumer, one `recv().await` per message, storing each offset.
+//! * `StreamConsumer`: rdkafka's async consumer, one `recv().await` per message, storing each offset;
+//! * `kcat`: librdkafka's own command-line consumer (Debian's, on Debian's librdkafka), in a group,
+//!   printing each offset, which the benchmark reads as it comes (`-f '%o\n'`);
+//! * `kafka-consumer-perf-test`: Kafka's own (`org.apache.kafka.tools.ConsumerPerformance`, the Java
+//!   client with its defaults), whose report gives the time from the group join to the last message.
+//!
+//! The last two are the outside anchors: consumers nobody here wrote. `bash ci/setup.sh` installs both
+//! (kcat from apt, the tools' jars from Maven Central).
 //!
 //! All three use `enable.auto.commit=true`, `enable.auto.offset.store=false`,
 //! `auto.offset.reset=earliest`, and otherwise their own defaults (`ChannelConsumer` changes two of
@@ -26,7 +33,9 @@
 mod common;
 
 use std::hint::black_box;
+use std::io::{BufRead, BufReader};
 use std::pin::pin;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -58,14 +67,23 @@ enum Reader {
     Channel,
     Base,
     Stream,
+    /// kcat, librdkafka's own command-line consumer (C), in a group.
+    Kcat,
+    /// Kafka's own `kafka-consumer-perf-test` (the Java client).
+    PerfTest,
 }
 
 impl Reader {
+    /// Every reader, in the order the tables list them.
+    const ALL: [Reader; 5] = [Self::Channel, Self::Base, Self::Stream, Self::Kcat, Self::PerfTest];
+
     fn name(self) -> &'static str {
         match self {
             Self::Channel => "ChannelConsumer",
             Self::Base => "BaseConsumer",
             Self::Stream => "StreamConsumer",
+            Self::Kcat => "kcat",
+            Self::PerfTest => "kafka-consumer-perf-test",
         }
     }
 }
@@ -115,7 +133,7 @@ fn main() {
     });
     for partitions in PARTITIONS {
         let topic = topic_name(partitions);
-        for reader in [Reader::Channel, Reader::Base, Reader::Stream] {
+        for reader in Reader::ALL {
             let id = BenchmarkId::new(reader.name(), partitions);
             let key = format!("{}/{partitions}", reader.name());
             group.bench_function(id, |b| {
@@ -147,18 +165,22 @@ fn topic_name(partitions: i32) -> String {
     format!("bench-{partitions}p")
 }
 
-/// A consumer configuration of a group nobody used before.
-fn consumer_config(brokers: &str) -> ClientConfig {
+/// A consumer group nobody used before.
+fn new_group(reader: &str) -> String {
     static GROUPS: AtomicU64 = AtomicU64::new(0);
-    let group = format!(
-        "bench-{}-{}",
+    format!(
+        "bench-{reader}-{}-{}",
         std::process::id(),
         GROUPS.fetch_add(1, Ordering::Relaxed)
-    );
+    )
+}
+
+/// A consumer configuration of a group nobody used before.
+fn consumer_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
-        .set("group.id", group)
+        .set("group.id", new_group("rdkafka"))
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -246,6 +268,8 @@ fn drain(
         Reader::Channel => runtime.block_on(drain_channel(brokers, topic, messages, consume_size)),
         Reader::Base => drain_base(brokers, topic, messages),
         Reader::Stream => runtime.block_on(drain_stream(brokers, topic, messages)),
+        Reader::Kcat => drain_kcat(brokers, topic, messages),
+        Reader::PerfTest => drain_perf_test(brokers, topic, messages),
     }
 }
 
@@ -334,60 +358,162 @@ async fn drain_stream(brokers: &str, topic: &str, total: u64) -> Duration {
     started.map_or(Duration::ZERO, |started| scaled(started.elapsed(), total, 1))
 }
 
+/// kcat in a group of its own (`-G`), reading from the start and exiting at the end of every partition
+/// (`-e`), with the same librdkafka settings as the others (`-X`), printing each message's offset; the
+/// time from the first line to the last, read as it prints them.
+fn drain_kcat(brokers: &str, topic: &str, total: u64) -> Duration {
+    let mut command = Command::new(must("kcat", harness::stack::kcat()));
+    command.args(["-C", "-q", "-e", "-b", brokers, "-f", "%o\n"]);
+    for (key, value) in kcat_settings() {
+        command.arg("-X").arg(format!("{key}={value}"));
+    }
+    command.args(["-G", &new_group("kcat"), topic]);
+    let mut child = must(
+        "starting kcat",
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn(),
+    );
+    let stdout = child.stdout.take().expect("kcat's stdout is piped");
+    // The clock stops at the last message, not when kcat exits: it exits after leaving the group.
+    let (mut seen, mut started, mut elapsed) = (0u64, None, Duration::ZERO);
+    for line in BufReader::new(stdout).lines() {
+        must("reading kcat's output", line);
+        let started = *started.get_or_insert_with(Instant::now);
+        seen += 1;
+        if seen == total {
+            elapsed = started.elapsed();
+        }
+    }
+    let status = must("waiting for kcat", child.wait());
+    assert!(status.success(), "kcat failed: {status}");
+    assert_eq!(seen, total, "kcat read {seen} of {total} messages");
+    scaled(elapsed, total, 1)
+}
+
+/// What kcat is given with `-X`: the consumers' common settings. Debian's kcat runs on Debian's
+/// librdkafka (2.0), older than rdkafka's (2.12): it has no `fetch.queue.backoff.ms`, and backs off
+/// a full prefetch queue for `fetch.error.backoff.ms` instead, so that is what it gets.
+fn kcat_settings() -> Vec<(String, String)> {
+    let mut settings = vec![
+        ("auto.offset.reset".to_owned(), "earliest".to_owned()),
+        ("log_level".to_owned(), "3".to_owned()),
+    ];
+    settings.extend(common_consumer_settings().into_iter().map(|(key, value)| match key.as_str() {
+        "fetch.queue.backoff.ms" => ("fetch.error.backoff.ms".to_owned(), value),
+        _ => (key, value),
+    }));
+    settings
+}
+
+/// Kafka's `kafka-consumer-perf-test` (`org.apache.kafka.tools.ConsumerPerformance`, from the tools jars
+/// `bash ci/setup.sh` downloads) in a group of its own: its own measure of the time from the group
+/// join to the last message ("fetch.time.ms"), with the Java client's defaults.
+fn drain_perf_test(brokers: &str, topic: &str, total: u64) -> Duration {
+    let tools = must("Kafka's tools", harness::stack::kafka_tools_dir());
+    let output = must(
+        "running kafka-consumer-perf-test",
+        Command::new(must("java", harness::stack::java()))
+            .arg("-cp")
+            .arg(tools.join("*"))
+            .arg("org.apache.kafka.tools.ConsumerPerformance")
+            .args(["--bootstrap-server", brokers, "--topic", topic, "--group", &new_group("perf-test")])
+            .args(["--messages", &total.to_string(), "--timeout", "300000"])
+            .stderr(Stdio::inherit())
+            .output(),
+    );
+    assert!(output.status.success(), "kafka-consumer-perf-test failed: {}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = PerfTestReport::parse(&stdout)
+        .unwrap_or_else(|| panic!("kafka-consumer-perf-test printed no report: {stdout}"));
+    assert_eq!(report.messages, total, "kafka-consumer-perf-test read {} of {total} messages", report.messages);
+    report.fetch_time
+}
+
+/// The figures of `kafka-consumer-perf-test`'s report this benchmark uses.
+#[derive(Debug, PartialEq)]
+struct PerfTestReport {
+    /// `data.consumed.in.nMsg`.
+    messages: u64,
+    /// `fetch.time.ms`: from the end of the group join to the last message.
+    fetch_time: Duration,
+}
+
+impl PerfTestReport {
+    /// The report is a header line of comma-separated names and a line of values.
+    fn parse(stdout: &str) -> Option<Self> {
+        let mut lines = stdout.lines().filter(|line| line.contains(','));
+        let names: Vec<&str> = lines.next()?.split(',').map(str::trim).collect();
+        let values: Vec<&str> = lines.next()?.split(',').map(str::trim).collect();
+        let value = |name: &str| {
+            let index = names.iter().position(|n| *n == name)?;
+            values.get(index)?.parse::<f64>().ok()
+        };
+        Some(Self {
+            messages: value("data.consumed.in.nMsg")? as u64,
+            fetch_time: Duration::from_secs_f64(value("fetch.time.ms")? / 1000.0),
+        })
+    }
+}
+
 fn print_summary(tally: &Tally, messages: u64) {
     println!("\nchannel_consumer: median of the measured drains of {messages} messages of {MESSAGE_BYTES} B");
-    println!("| partitions | consumer | messages/s | MB/s | drains | vs BaseConsumer | vs StreamConsumer |");
-    println!("|---|---|---|---|---|---|---|");
+    print!("| partitions | consumer | messages/s | MB/s | drains |");
+    for anchor in &Reader::ALL[1..] {
+        print!(" vs {} |", anchor.name());
+    }
+    println!("\n|---|---|---|---|---|{}", "---|".repeat(Reader::ALL.len() - 1));
     for partitions in PARTITIONS {
         let rate = |reader: Reader| tally.median(&format!("{}/{partitions}", reader.name()));
-        let (base, stream) = (rate(Reader::Base).map(|r| r.0), rate(Reader::Stream).map(|r| r.0));
-        for reader in [Reader::Channel, Reader::Base, Reader::Stream] {
+        for reader in Reader::ALL {
             let Some((median, drains)) = rate(reader) else {
                 continue;
             };
-            println!(
-                "| {partitions} | {} | {median:.0} | {:.1} | {drains} | {} | {} |",
+            print!(
+                "| {partitions} | {} | {median:.0} | {:.1} | {drains} |",
                 reader.name(),
-                median * MESSAGE_BYTES as f64 / 1e6,
-                ratio(Some(median), base),
-                ratio(Some(median), stream),
+                median * MESSAGE_BYTES as f64 / 1e6
             );
+            for anchor in &Reader::ALL[1..] {
+                print!(" {} |", ratio(Some(median), rate(*anchor).map(|r| r.0)));
+            }
+            println!();
         }
     }
 }
 
-/// The ratios again, from drains taken in rounds: each round drains a topic with the three consumers one
-/// right after the other, so that the ratios of a round compare drains seconds apart, not the minutes
-/// between two criterion benchmarks, over which this machine's speed shifts. The order rotates from round
-/// to round so that no consumer always comes first. `BENCH_PAIRED_ROUNDS` rounds per topic (default 3).
+/// The ratios again, from drains taken in rounds: each round drains a topic with every reader one right
+/// after the other, so that the ratios of a round compare drains seconds apart, not the minutes between
+/// two criterion benchmarks, over which this machine's speed shifts. The order rotates from round to
+/// round so that no reader always comes first. `BENCH_PAIRED_ROUNDS` rounds per topic (default 3).
 fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64, consume_size: usize) {
-    const READERS: [Reader; 3] = [Reader::Channel, Reader::Base, Reader::Stream];
     let rounds = env_number("BENCH_PAIRED_ROUNDS", 3) as usize;
     println!(
-        "\nchannel_consumer: {rounds} rounds of the three consumers back to back, {messages} messages each"
+        "\nchannel_consumer: {rounds} rounds of every reader back to back, {messages} messages each; \
+         ChannelConsumer's rate over each other's: median (min-max)"
     );
-    println!(
-        "| partitions | ChannelConsumer / BaseConsumer: median (min-max) | ChannelConsumer / StreamConsumer |"
-    );
-    println!("|---|---|---|");
+    print!("| partitions |");
+    for anchor in &Reader::ALL[1..] {
+        print!(" ChannelConsumer / {} |", anchor.name());
+    }
+    println!("\n|---|{}", "---|".repeat(Reader::ALL.len() - 1));
     for partitions in PARTITIONS {
         let topic = topic_name(partitions);
-        let (mut vs_base, mut vs_stream) = (Vec::new(), Vec::new());
+        let mut ratios = vec![Vec::new(); Reader::ALL.len()];
         for round in 0..rounds {
-            let mut rates = [0.0; 3];
-            for turn in 0..READERS.len() {
-                let index = (round + turn) % READERS.len();
-                let elapsed = drain(runtime, READERS[index], brokers, &topic, messages, consume_size);
+            let mut rates = [0.0; Reader::ALL.len()];
+            for turn in 0..Reader::ALL.len() {
+                let index = (round + turn) % Reader::ALL.len();
+                let elapsed = drain(runtime, Reader::ALL[index], brokers, &topic, messages, consume_size);
                 rates[index] = messages as f64 / elapsed.as_secs_f64().max(1e-9);
             }
-            vs_base.push(rates[0] / rates[1]);
-            vs_stream.push(rates[0] / rates[2]);
+            for (index, rate) in rates.iter().enumerate().skip(1) {
+                ratios[index].push(rates[0] / rate);
+            }
         }
-        println!(
-            "| {partitions} | {} | {} |",
-            spread(&mut vs_base),
-            spread(&mut vs_stream)
-        );
+        print!("| {partitions} |");
+        for ratios in ratios.iter_mut().skip(1) {
+            print!(" {} |", spread(ratios));
+        }
+        println!();
     }
 }
 

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 pub use error::{Result, StackError};
 pub use readiness::{create_database, ensure_topic};
-pub use tools::{kafka_libs, kafka_libs_dir, kafka_version};
+pub use tools::{java, kafka_libs, kafka_libs_dir, kafka_tools_dir, kafka_version, kcat};
 
 /// Which implementation runs the services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

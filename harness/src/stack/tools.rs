@@ -85,18 +85,47 @@ pub fn kafka_version() -> Result<String> {
         .ok_or_else(|| StackError::Setup(format!("no <kafka.version> in {}", kafka_pom().display())))
 }
 
+/// `$XDG_CACHE_HOME` (default `~/.cache`) `/orders-cache`, where ci/setup.sh puts what it downloads.
+fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("orders-cache")
+}
+
 /// Where the jars live: `KAFKA_LIBS`, or `$XDG_CACHE_HOME` (default `~/.cache`) `/orders-cache/kafka-<version>`.
 pub fn kafka_libs_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("KAFKA_LIBS") {
         return Ok(PathBuf::from(dir));
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    Ok(cache
-        .join("orders-cache")
-        .join(format!("kafka-{}", kafka_version()?)))
+    Ok(cache_root().join(format!("kafka-{}", kafka_version()?)))
+}
+
+/// Kafka's command-line tools (`kafka-tools` and its dependencies, of the broker's version), for the
+/// consumer benchmark's outside anchor: `KAFKA_TOOLS_LIBS`, or `orders-cache/kafka-tools-<version>`, where
+/// `bash ci/setup.sh` puts them.
+pub fn kafka_tools_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("KAFKA_TOOLS_LIBS") {
+        Some(dir) => PathBuf::from(dir),
+        None => cache_root().join(format!("kafka-tools-{}", kafka_version()?)),
+    };
+    if dir.join(".complete").is_file() {
+        Ok(dir)
+    } else {
+        Err(StackError::Missing {
+            what: format!("Kafka's tools jars (expected in {})", dir.display()),
+            hint: "run `bash ci/setup.sh`".into(),
+        })
+    }
+}
+
+/// kcat, librdkafka's command-line client.
+pub fn kcat() -> Result<PathBuf> {
+    find_program("kcat", &[]).ok_or_else(|| StackError::Missing {
+        what: "kcat".into(),
+        hint: "run `bash ci/setup.sh`, or `apt-get install -y kcat`".into(),
+    })
 }
 
 /// The Kafka jars, downloaded with Maven into the cache on first use.

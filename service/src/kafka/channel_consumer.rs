@@ -29,7 +29,7 @@ use rdkafka::consumer::Consumer;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::acknowledgement::Request;
+use super::acknowledgement::{Inbox, Request};
 use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::doorbell::Doorbell;
@@ -43,6 +43,8 @@ use super::progress::{ConsumerProgress, DEFAULT_STUCK_AFTER, ProgressReporter};
 const FETCH_WAIT_MAX_MS: &str = "100";
 /// `fetch.queue.backoff.ms` unless the configuration sets it (see `build`).
 const FETCH_QUEUE_BACKOFF_MS: &str = "10";
+/// `queued.max.messages.kbytes` unless the configuration sets it (see `build`): 8 MiB a partition.
+const QUEUED_MAX_MESSAGES_KBYTES: &str = "8192";
 /// How long `close()` and drop wait for the consumer to close, unless the builder sets it.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -62,14 +64,15 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumer<K, V> {
     /// * `config` needs `bootstrap.servers` and `group.id`; `enable.auto.offset.store` is always set to
     ///   `false` (offsets are stored by `handle()`); `enable.auto.commit` is yours to choose: with `true`
     ///   librdkafka commits the stored offsets every `auto.commit.interval.ms`, with `false` they are
-    ///   committed by [`commit`](Self::commit), on revocation and on close. Two of librdkafka's defaults
-    ///   change unless `config` sets them: `fetch.wait.max.ms` 100 ms instead of 500 ms, so that
-    ///   partitions resumed after back-pressure are fetched again without a long wait, and
+    ///   committed by [`commit`](Self::commit), on revocation and on close. Three of librdkafka's
+    ///   defaults change unless `config` sets them: `fetch.wait.max.ms` 100 ms instead of 500 ms, so
+    ///   that a partition whose prefetch ran low is fetched again without a long wait,
     ///   `fetch.queue.backoff.ms` 10 ms instead of 1000 ms, so that a full prefetch queue does not stop
-    ///   fetching for a second after it drained (see `build`).
+    ///   fetching for a second after it drained, and `queued.max.messages.kbytes` 8 MiB instead of
+    ///   64 MiB, since each partition has a prefetch queue of its own (see `build`).
     /// * `consume_size` is the most messages read from librdkafka in one go, and the size of the
-    ///   internal buffer (which may briefly hold more, under twice that, see the module documentation);
-    ///   the reader gets no more than about three times `consume_size` without handling them.
+    ///   internal buffer (see the module documentation); the reader gets no more than three times
+    ///   `consume_size` without handling them.
     /// * `None` for a deserializer picks the default one for the type, or fails with
     ///   [`ConsumerError::NoDefaultDeserializer`] if there is none.
     pub fn new(
@@ -300,6 +303,13 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         // than the broker serves it drains its 100,000 prefetched messages, then idles for the rest of
         // the second: the benchmark measured ~180,000 messages/s, against over a million with 10 ms.
         set_default(&mut config, "fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        // librdkafka bounds what it prefetches by the length of the queue fetched messages land in. With
+        // one queue for all partitions that was one bound for the consumer (64 MiB by default); with a
+        // queue per partition (`fetch_queues`) it is a bound per partition: twelve partitions and a
+        // reader a hundred times slower than the broker took 396 MiB. 8 MiB a partition is eight of the
+        // broker's default fetches of a partition (`max.partition.fetch.bytes`, 1 MiB), plenty to keep a
+        // fast reader fed.
+        set_default(&mut config, "queued.max.messages.kbytes", QUEUED_MAX_MESSAGES_KBYTES);
 
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         // The poll thread's one place to wait: librdkafka's queues and the reader ring it.
@@ -307,7 +317,8 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         let buffer = Arc::new(DeliveryBuffer::new(doorbell.clone()));
         let (requests, requests_received) = mpsc::channel();
         let progress = Arc::new(Mutex::new(ConsumerProgress::default()));
-        let state = PollState::new(OffsetTracker::default(), requests_received);
+        let inbox = Arc::new(Inbox::default());
+        let state = PollState::new(OffsetTracker::default(), requests_received, inbox.clone());
         let context = ChannelContext::new(topic.clone(), state, buffer.clone(), doorbell.clone());
         let consumer =
             PolledConsumer::from_config_and_context(&config, context).map_err(ConsumerError::Client)?;
@@ -326,7 +337,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             consume_size: self.consume_size,
             key_deserializer,
             value_deserializer,
-            requests: requests.clone(),
+            inbox,
             progress: Mutex::new(ProgressReporter::new(
                 topic.clone(),
                 self.stuck_after,

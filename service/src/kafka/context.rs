@@ -27,7 +27,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::acknowledgement::Request;
+use super::acknowledgement::{Handled, Inbox, Request};
 use super::delivery_buffer::DeliveryBuffer;
 use super::doorbell::Doorbell;
 use super::fetch_queues::FetchQueues;
@@ -41,8 +41,12 @@ pub(crate) type PolledConsumer<T> = BaseConsumer<ChannelContext<T>>;
 /// The poll thread's bookkeeping.
 pub(crate) struct PollState {
     pub offsets: OffsetTracker,
-    /// Acknowledgements and commands from the stream side, in the order they were sent.
+    /// Commands from the stream side, in the order they were sent.
     requests: Receiver<Request>,
+    /// Acknowledgements from `handle()`.
+    inbox: Arc<Inbox>,
+    /// The inbox's last contents, kept for their capacity.
+    handled: Vec<Handled>,
     /// Commands read while draining acknowledgements in a callback, for the poll loop to carry out.
     deferred: Vec<Request>,
     /// Partitions with messages waiting that back-pressure kept from being read in the last turn
@@ -51,22 +55,26 @@ pub(crate) struct PollState {
 }
 
 impl PollState {
-    pub fn new(offsets: OffsetTracker, requests: Receiver<Request>) -> Self {
+    pub fn new(offsets: OffsetTracker, requests: Receiver<Request>, inbox: Arc<Inbox>) -> Self {
         Self {
             offsets,
             requests,
+            inbox,
+            handled: Vec::new(),
             deferred: Vec::new(),
             held_back: BTreeSet::new(),
         }
     }
 
-    /// Applies every acknowledgement sent so far; keeps commands for [`take_commands`](Self::take_commands).
+    /// Applies every acknowledgement left so far; keeps commands for
+    /// [`take_commands`](Self::take_commands). Commands first: see `acknowledgement` for why.
     pub fn apply_acknowledgements(&mut self) {
-        while let Ok(request) = self.requests.try_recv() {
-            match request {
-                Request::Handled(handled) => self.offsets.handle(handled),
-                command => self.deferred.push(command),
-            }
+        while let Ok(command) = self.requests.try_recv() {
+            self.deferred.push(command);
+        }
+        self.inbox.take(&mut self.handled);
+        for &handled in &self.handled {
+            self.offsets.handle(handled);
         }
     }
 

@@ -90,7 +90,8 @@
 //!   member was timed out) commits nothing, since the partitions may already be someone else's.
 //! * **Back-pressure without leaving the group.** The buffer holds at most `consume_size` messages. When
 //!   the reader is slow, the consumer stops reading from librdkafka's queues (where what was fetched
-//!   waits, bounded by librdkafka's `queued.max.messages.kbytes`) instead of blocking, and keeps polling
+//!   waits, bounded by librdkafka's `queued.max.messages.kbytes` a partition: 8 MiB unless configured)
+//!   instead of blocking, and keeps polling
 //!   for events, so heartbeats and rebalances are served and `max.poll.interval.ms` is never exceeded
 //!   because of a slow reader. A reader that takes messages and does not handle them is held back the
 //!   same way: everything outstanding (buffered, held, or handled behind a message that is not) stays

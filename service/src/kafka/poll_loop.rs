@@ -25,7 +25,6 @@ use crate::telemetry::ErrorChain;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -34,7 +33,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::acknowledgement::{Acknowledgement, BatchShared, Request};
+use super::acknowledgement::{Acknowledgement, BatchShared, Inbox, Request};
 use super::context::{ChannelContext, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
@@ -64,8 +63,8 @@ pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     pub consume_size: usize,
     pub key_deserializer: Box<dyn Deserializer<K>>,
     pub value_deserializer: Box<dyn Deserializer<V>>,
-    /// Cloned into every message, to acknowledge itself.
-    pub requests: Sender<Request>,
+    /// Shared by every batch, for its messages to acknowledge themselves.
+    pub inbox: Arc<Inbox>,
     /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
     pub progress: Mutex<ProgressReporter>,
     /// Rung by librdkafka when any of the consumer's queues gets something (`fetch_queues`).
@@ -124,7 +123,6 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                     let _ = reply.send(result);
                 }
                 Request::Close(reply) => return Some(Stop::Close(reply)),
-                Request::Handled(_) => {} // Applied by `apply_acknowledgements`.
             }
         }
         None
@@ -168,7 +166,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     fn read_batch(&self) -> Result<(), KafkaError> {
         // Reset before anything is looked at: what arrives from here on rings.
         self.doorbell.reset();
-        let shared = BatchShared::new(self.requests.clone(), self.topic.clone());
+        let shared = BatchShared::new(self.inbox.clone(), self.topic.clone());
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
         let received_at = Instant::now();
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
@@ -350,9 +348,8 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             let commit = state.commit(&self.consumer, &self.topic, None);
             // Commands that came with or after the close: the consumer is closing, say so.
             for command in state.take_commands() {
-                if let Request::Commit(reply) | Request::Close(reply) = command {
-                    let _ = reply.send(Err(ConsumerError::Closed));
-                }
+                let (Request::Commit(reply) | Request::Close(reply)) = command;
+                let _ = reply.send(Err(ConsumerError::Closed));
             }
             commit
         };
