@@ -32,8 +32,8 @@ use tracing::warn;
 use super::acknowledgement::{Inbox, Request};
 use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
-use super::doorbell::Doorbell;
 use super::deserializer::{Deserializer, default_deserializer};
+use super::doorbell::Doorbell;
 use super::error::{ConsumerError, MessagePart};
 use super::offsets::OffsetTracker;
 use super::poll_loop::{ClearQueues, Item, PollLoop};
@@ -304,12 +304,18 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         // the second: the benchmark measured ~180,000 messages/s, against over a million with 10 ms.
         set_default(&mut config, "fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
         // librdkafka bounds what it prefetches by the length of the queue fetched messages land in. With
-        // one queue for all partitions that was one bound for the consumer (64 MiB by default); with a
-        // queue per partition (`fetch_queues`) it is a bound per partition: twelve partitions and a
-        // reader a hundred times slower than the broker took 396 MiB. 8 MiB a partition is eight of the
-        // broker's default fetches of a partition (`max.partition.fetch.bytes`, 1 MiB), plenty to keep a
-        // fast reader fed.
-        set_default(&mut config, "queued.max.messages.kbytes", QUEUED_MAX_MESSAGES_KBYTES);
+        // one queue for all partitions that was one bound for the consumer (100,000 messages or 64 MiB);
+        // with a queue per partition (`fetch_queues`) it is a bound per partition. 8 MiB a partition is
+        // still eight of the broker's fetches of a partition (`max.partition.fetch.bytes`, 1 MiB), and
+        // keeps large messages from taking 64 MiB a partition. Small ones are bounded by the count,
+        // which stays librdkafka's: 20,000 a partition made drains of one partition 26% slower
+        // (0.79 against 1.07 times the BaseConsumer loop), and a slow reader on twelve partitions of
+        // 100-byte messages lets librdkafka prefetch over 400 MiB (docs/BENCHMARKS.md, buffer bound).
+        set_default(
+            &mut config,
+            "queued.max.messages.kbytes",
+            QUEUED_MAX_MESSAGES_KBYTES,
+        );
 
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         // The poll thread's one place to wait: librdkafka's queues and the reader ring it.

@@ -125,7 +125,12 @@ pub(crate) struct ChannelContext<T> {
 }
 
 impl<T: Send + 'static> ChannelContext<T> {
-    pub fn new(topic: Arc<str>, state: PollState, buffer: Arc<DeliveryBuffer<T>>, doorbell: Arc<Doorbell>) -> Self {
+    pub fn new(
+        topic: Arc<str>,
+        state: PollState,
+        buffer: Arc<DeliveryBuffer<T>>,
+        doorbell: Arc<Doorbell>,
+    ) -> Self {
         Self {
             queues: Mutex::new(FetchQueues::new(&topic, doorbell)),
             topic,

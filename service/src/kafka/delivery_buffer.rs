@@ -235,16 +235,25 @@ mod tests {
         assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a0")));
         let started = Instant::now();
         doorbell.wait(Duration::from_millis(30));
-        assert!(started.elapsed() >= Duration::from_millis(30), "rang at 2 items: not below 2");
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "rang at 2 items: not below 2"
+        );
         assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a1")));
         let started = Instant::now();
         doorbell.wait(Duration::from_secs(10));
-        assert!(started.elapsed() < Duration::from_secs(5), "did not ring at 1 item");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not ring at 1 item"
+        );
         doorbell.reset();
         assert_eq!(buffer.poll_take(&mut cx), Poll::Ready(Some("a2")));
         let started = Instant::now();
         doorbell.wait(Duration::from_millis(30));
-        assert!(started.elapsed() >= Duration::from_millis(30), "rang again without being asked");
+        assert!(
+            started.elapsed() >= Duration::from_millis(30),
+            "rang again without being asked"
+        );
     }
 
     #[test]

@@ -78,7 +78,10 @@ mod tests {
         doorbell.ring();
         let started = Instant::now();
         doorbell.wait(Duration::from_secs(10));
-        assert!(started.elapsed() < Duration::from_secs(5), "waited for a ring that had come");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for a ring that had come"
+        );
     }
 
     #[test]
@@ -88,7 +91,10 @@ mod tests {
         doorbell.reset();
         let started = Instant::now();
         doorbell.wait(Duration::from_millis(50));
-        assert!(started.elapsed() >= Duration::from_millis(50), "woke for a ring from before the reset");
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "woke for a ring from before the reset"
+        );
     }
 
     #[test]

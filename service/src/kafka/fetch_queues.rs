@@ -54,7 +54,11 @@ impl QueueHandle {
         let queue = NonNull::new(queue)?;
         // SAFETY: a live handle; the doorbell outlives the callback (see `Drop`).
         unsafe {
-            rd::rd_kafka_queue_cb_event_enable(queue.as_ptr(), Some(ring), Arc::as_ptr(doorbell) as *mut c_void)
+            rd::rd_kafka_queue_cb_event_enable(
+                queue.as_ptr(),
+                Some(ring),
+                Arc::as_ptr(doorbell) as *mut c_void,
+            )
         };
         Some(Self(queue))
     }
@@ -107,6 +111,11 @@ impl FetchQueues {
     /// the partition (a split later leaves what was fetched before on the main queue). `false` if
     /// librdkafka does not know the partition; its messages then come through the main queue.
     pub fn split(&mut self, client: *mut rd::rd_kafka_t, partition: i32) -> bool {
+        if self.partitions.contains_key(&partition) {
+            // Already split (assigned again without a revocation between). A second handle would be
+            // to the same queue, and dropping the first would disable the callback both share.
+            return true;
+        }
         // SAFETY: a live client and a valid C string. Forwarding to nothing detaches the fetch queue from
         // the main queue, and librdkafka keeps it so across reassignments (an application forward).
         let handle = unsafe {
@@ -249,7 +258,8 @@ impl Fetched for RawMessage {
     fn key(&self) -> Option<&[u8]> {
         let inner = self.inner();
         // SAFETY: librdkafka's key pointer and length, live as long as the message.
-        (!inner.key.is_null()).then(|| unsafe { std::slice::from_raw_parts(inner.key as *const u8, inner.key_len) })
+        (!inner.key.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(inner.key as *const u8, inner.key_len) })
     }
 
     fn payload(&self) -> Option<&[u8]> {
@@ -266,7 +276,9 @@ impl Fetched for RawMessage {
         match kind {
             _ if millis == -1 => Timestamp::NotAvailable,
             rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_CREATE_TIME => Timestamp::CreateTime(millis),
-            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => Timestamp::LogAppendTime(millis),
+            rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_LOG_APPEND_TIME => {
+                Timestamp::LogAppendTime(millis)
+            }
             rd::rd_kafka_timestamp_type_t::RD_KAFKA_TIMESTAMP_NOT_AVAILABLE => Timestamp::NotAvailable,
         }
     }
@@ -286,7 +298,8 @@ impl Fetched for RawMessage {
         for index in 0.. {
             let (mut name, mut value, mut size) = (ptr::null(), ptr::null(), 0usize);
             // SAFETY: `headers` is live; librdkafka says when `index` is past the end.
-            let got = unsafe { rd::rd_kafka_header_get_all(headers, index, &mut name, &mut value, &mut size) };
+            let got =
+                unsafe { rd::rd_kafka_header_get_all(headers, index, &mut name, &mut value, &mut size) };
             if got != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
                 break;
             }
@@ -307,5 +320,133 @@ impl Drop for RawMessage {
     fn drop(&mut self) {
         // SAFETY: ours, destroyed once.
         unsafe { rd::rd_kafka_message_destroy(self.0.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::*;
+
+    const TOPIC: &str = "split";
+    const PER_PARTITION: i64 = 10;
+
+    /// `PER_PARTITION` messages to each of partitions 0 and 1 (payload `p:offset`), the fourth of
+    /// partition 1 with a header.
+    fn produce(bootstrap: &str) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .expect("producer");
+        for partition in 0..2 {
+            for index in 0..PER_PARTITION {
+                let payload = format!("{partition}:{index}");
+                let mut record = BaseRecord::<(), str>::to(TOPIC)
+                    .partition(partition)
+                    .payload(&payload);
+                if partition == 1 && index == 3 {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: "traceparent",
+                        value: Some("00-abc-def-01"),
+                    }));
+                }
+                producer.send(record).expect("queued");
+            }
+        }
+        producer.flush(Duration::from_secs(10)).expect("flushed");
+    }
+
+    #[test]
+    fn each_split_queue_hands_out_its_own_partition_in_order_in_batches_and_rings_the_doorbell() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic(TOPIC, 2, 1).expect("topic");
+        produce(&cluster.bootstrap_servers());
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "split-test")
+            .create()
+            .expect("consumer");
+        let client = consumer.client().native_ptr();
+        let doorbell = Arc::new(Doorbell::default());
+        let mut queues = FetchQueues::new(TOPIC, doorbell.clone());
+        queues.watch_events(client);
+        assert!(queues.split(client, 0) && queues.split(client, 1));
+        assert!(queues.split(client, 1), "splitting again keeps the queue");
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..2 {
+            assignment
+                .add_partition_offset(TOPIC, partition, Offset::Beginning)
+                .expect("listed");
+        }
+        // Reset before the assignment: the first fetch may land (and ring) at once.
+        doorbell.reset();
+        consumer.assign(&assignment).expect("assigned");
+
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        let mut largest_read = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let started = Instant::now();
+        doorbell.wait(Duration::from_secs(15));
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no ring when messages arrived"
+        );
+        while (first.len() as i64) < PER_PARTITION || (second.len() as i64) < PER_PARTITION {
+            assert!(
+                Instant::now() < deadline,
+                "read {} and {}",
+                first.len(),
+                second.len()
+            );
+            doorbell.reset();
+            let before = first.len();
+            queues.read(0, 4, &mut first);
+            largest_read = largest_read.max(first.len() - before);
+            queues.read(1, 100, &mut second);
+            assert!(
+                consumer.poll(Duration::ZERO).is_none(),
+                "a message on the main queue"
+            );
+            doorbell.wait(Duration::from_millis(100));
+        }
+        assert_eq!(largest_read, 4, "a read hands out at most what it asks for");
+        for (partition, messages) in [(0, &first), (1, &second)] {
+            let seen: Vec<(i32, i64, String)> = messages
+                .iter()
+                .map(|m| {
+                    let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                    (m.partition(), m.offset(), payload)
+                })
+                .collect();
+            let expected: Vec<(i32, i64, String)> = (0..PER_PARTITION)
+                .map(|offset| (partition, offset, format!("{partition}:{offset}")))
+                .collect();
+            assert_eq!(seen, expected);
+            assert!(messages.iter().all(|m| m.error().is_none()));
+        }
+        let with_headers: Vec<i64> = second
+            .iter()
+            .filter_map(|m| m.headers().map(|headers| (m.offset(), headers)))
+            .map(|(offset, headers)| {
+                let header = headers.get(0);
+                assert_eq!(
+                    (header.key, header.value),
+                    ("traceparent", Some(&b"00-abc-def-01"[..]))
+                );
+                offset
+            })
+            .collect();
+        assert_eq!(with_headers, vec![3], "headers only where there are some");
+        assert!(first.iter().all(|m| m.headers().is_none()));
+        drop((first, second));
+        queues.clear();
     }
 }

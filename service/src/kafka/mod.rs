@@ -139,9 +139,9 @@ mod error;
 mod fetch_queues;
 mod message;
 mod offsets;
-mod read_policy;
 mod poll_loop;
 mod progress;
+mod read_policy;
 
 pub use channel_consumer::{ChannelConsumer, ChannelConsumerBuilder, ConsumerControl, DEFAULT_CLOSE_TIMEOUT};
 pub use deserializer::{

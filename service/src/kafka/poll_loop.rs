@@ -37,13 +37,13 @@ use super::acknowledgement::{Acknowledgement, BatchShared, Inbox, Request};
 use super::context::{ChannelContext, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
-use super::error::{ConsumerError, MessagePart};
 use super::doorbell::Doorbell;
+use super::error::{ConsumerError, MessagePart};
 use super::fetch_queues::{Fetched, RawMessage};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
 use super::offsets::{Epoch, OffsetTracker};
-use super::read_policy::{self, Load, Plan};
 use super::progress::ProgressReporter;
+use super::read_policy::{self, Load, Plan};
 
 /// What the stream yields.
 pub type Item<K, V> = Result<KafkaMessage<K, V>, ConsumerError>;
@@ -294,7 +294,14 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
-        let Some(epoch) = register(offsets, self.buffer(), &self.topic, partition, offset, received_at) else {
+        let Some(epoch) = register(
+            offsets,
+            self.buffer(),
+            &self.topic,
+            partition,
+            offset,
+            received_at,
+        ) else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
         };

@@ -112,7 +112,13 @@ mod tests {
     #[test]
     fn a_turn_reads_what_the_buffer_has_room_for_from_every_partition() {
         let plan = plan_for(300, 120, &[(0, 100), (1, 20), (2, 0)]);
-        assert_eq!(plan, Plan { room: 180, read: vec![0, 1, 2] });
+        assert_eq!(
+            plan,
+            Plan {
+                room: 180,
+                read: vec![0, 1, 2]
+            }
+        );
     }
 
     #[test]
