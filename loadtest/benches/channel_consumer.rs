@@ -75,7 +75,13 @@ enum Reader {
 
 impl Reader {
     /// Every reader, in the order the tables list them.
-    const ALL: [Reader; 5] = [Self::Channel, Self::Base, Self::Stream, Self::Kcat, Self::PerfTest];
+    const ALL: [Reader; 5] = [
+        Self::Channel,
+        Self::Base,
+        Self::Stream,
+        Self::Kcat,
+        Self::PerfTest,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -397,10 +403,14 @@ fn kcat_settings() -> Vec<(String, String)> {
         ("auto.offset.reset".to_owned(), "earliest".to_owned()),
         ("log_level".to_owned(), "3".to_owned()),
     ];
-    settings.extend(common_consumer_settings().into_iter().map(|(key, value)| match key.as_str() {
-        "fetch.queue.backoff.ms" => ("fetch.error.backoff.ms".to_owned(), value),
-        _ => (key, value),
-    }));
+    settings.extend(
+        common_consumer_settings()
+            .into_iter()
+            .map(|(key, value)| match key.as_str() {
+                "fetch.queue.backoff.ms" => ("fetch.error.backoff.ms".to_owned(), value),
+                _ => (key, value),
+            }),
+    );
     settings
 }
 
@@ -415,16 +425,31 @@ fn drain_perf_test(brokers: &str, topic: &str, total: u64) -> Duration {
             .arg("-cp")
             .arg(tools.join("*"))
             .arg("org.apache.kafka.tools.ConsumerPerformance")
-            .args(["--bootstrap-server", brokers, "--topic", topic, "--group", &new_group("perf-test")])
+            .args([
+                "--bootstrap-server",
+                brokers,
+                "--topic",
+                topic,
+                "--group",
+                &new_group("perf-test"),
+            ])
             .args(["--messages", &total.to_string(), "--timeout", "300000"])
             .stderr(Stdio::inherit())
             .output(),
     );
-    assert!(output.status.success(), "kafka-consumer-perf-test failed: {}", output.status);
+    assert!(
+        output.status.success(),
+        "kafka-consumer-perf-test failed: {}",
+        output.status
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report = PerfTestReport::parse(&stdout)
         .unwrap_or_else(|| panic!("kafka-consumer-perf-test printed no report: {stdout}"));
-    assert_eq!(report.messages, total, "kafka-consumer-perf-test read {} of {total} messages", report.messages);
+    assert_eq!(
+        report.messages, total,
+        "kafka-consumer-perf-test read {} of {total} messages",
+        report.messages
+    );
     report.fetch_time
 }
 
@@ -502,7 +527,14 @@ fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64
             let mut rates = [0.0; Reader::ALL.len()];
             for turn in 0..Reader::ALL.len() {
                 let index = (round + turn) % Reader::ALL.len();
-                let elapsed = drain(runtime, Reader::ALL[index], brokers, &topic, messages, consume_size);
+                let elapsed = drain(
+                    runtime,
+                    Reader::ALL[index],
+                    brokers,
+                    &topic,
+                    messages,
+                    consume_size,
+                );
                 rates[index] = messages as f64 / elapsed.as_secs_f64().max(1e-9);
             }
             for (index, rate) in rates.iter().enumerate().skip(1) {
