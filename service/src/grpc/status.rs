@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use crate::domain::{NewOrderError, OrderIdError, StatusError};
+use crate::storage::group_commit::Refused;
 use crate::storage::{CreateError, StorageError, UpdateError};
 use crate::telemetry::ErrorChain;
 
@@ -23,6 +24,12 @@ pub fn storage(error: StorageError) -> Status {
         StorageError::Unavailable(_) => {
             tracing::warn!(error = %ErrorChain(&error), "database unavailable");
             Status::unavailable("the database is unavailable; retry later")
+        }
+        StorageError::Flush(Refused::Full(waiting)) => {
+            tracing::warn!(waiting, "write queue full");
+            Status::resource_exhausted(format!(
+                "{waiting} writes are waiting for the database; retry later"
+            ))
         }
         other => {
             tracing::error!(error = %ErrorChain(&other), "database error");

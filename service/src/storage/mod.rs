@@ -3,14 +3,22 @@
 //! Migrations are embedded in the binary (`service/migrations`) and applied at start-up; sqlx takes an
 //! advisory lock while it migrates, so several instances starting at once are safe.
 
+mod creates;
+pub mod group_commit;
 mod order_ids;
 mod orders;
 pub mod outbox;
+mod status_changes;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
+
+use self::creates::InsertOrders;
+use self::group_commit::{GroupCommit, Limits, Refused};
+use self::status_changes::ChangeStatuses;
 
 pub use order_ids::BLOCK as ORDER_ID_BLOCK;
 pub use orders::{CreateError, StatusChange, UpdateError};
@@ -27,7 +35,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum StorageError {
     /// The database could not be reached (or did not answer in time): worth retrying.
     #[error("the database is unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     #[error("a database query failed")]
     Query(#[source] sqlx::Error),
     /// A row that breaks the domain's rules (it should be impossible: the schema's checks forbid it).
@@ -35,12 +43,15 @@ pub enum StorageError {
     Corrupt(String),
     #[error("migration failed")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The write was not carried out by a batch: refused, or its batch's flush failed to answer.
+    #[error("write not flushed")]
+    Flush(#[from] Refused),
 }
 
 impl From<sqlx::Error> for StorageError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
-            Self::Unavailable(error)
+            Self::Unavailable(Arc::new(error))
         } else {
             Self::Query(error)
         }
@@ -61,10 +72,25 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// How many batches of each kind of write (creates, status changes) are written at once: one per this
+/// many of the pool's connections, so that the two kinds and the reads each keep connections of their
+/// own.
+const CONNECTIONS_PER_FLUSH: u32 = 4;
+
+/// Writes in one batch, and writes waiting for a batch (per kind): bounds of memory and of a statement's
+/// size, far above what admission control lets in (`MAX_CONCURRENT_REQUESTS`).
+const WRITE_LIMITS: Limits = Limits {
+    flushes: 1,
+    max_batch: 64,
+    max_queued: 4096,
+};
+
 #[derive(Clone, Debug)]
 pub struct Storage {
     pool: PgPool,
-    order_ids: std::sync::Arc<order_ids::OrderIds>,
+    order_ids: Arc<order_ids::OrderIds>,
+    creates: GroupCommit<InsertOrders>,
+    status_changes: GroupCommit<ChangeStatuses>,
 }
 
 impl Storage {
@@ -87,9 +113,15 @@ impl Storage {
                 })
             })
             .connect_lazy(url)?;
+        let limits = Limits {
+            flushes: (max_connections / CONNECTIONS_PER_FLUSH).max(1) as usize,
+            ..WRITE_LIMITS
+        };
         Ok(Self {
-            pool,
+            creates: GroupCommit::new(InsertOrders { pool: pool.clone() }, limits),
+            status_changes: GroupCommit::new(ChangeStatuses { pool: pool.clone() }, limits),
             order_ids: Default::default(),
+            pool,
         })
     }
 

@@ -12,7 +12,9 @@ use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
+use super::creates::{Created, NewRow};
 use super::outbox::NewEvent;
+use super::status_changes::Change;
 use super::{Storage, StorageError};
 use crate::domain::{CurrencyCode, Money, NewOrder, Order, OrderId, OrderItem, OrderStatus, TransitionError};
 use crate::telemetry::trace_context::TraceParent;
@@ -66,10 +68,10 @@ impl Storage {
     /// returns the order first created with it if the request is the same (a retry), and refuses it if
     /// the request differs (the key reused for another order). `trace` goes with the event.
     ///
-    /// One round trip, no transaction to open or commit: one statement writes the order, its items, its
-    /// first version and its event (a statement is atomic on its own). The event is encoded here, so its
-    /// id and time are known before: the id from a block taken from the sequence ([`super::order_ids`]),
-    /// the time from this process's clock (only versions order an order's changes, never times).
+    /// The order goes to the database with the creates waiting at that moment, in one statement
+    /// ([`super::group_commit`], [`super::creates`]). Its event is encoded here, so its id and time are
+    /// known before: the id from a block taken from the sequence ([`super::order_ids`]), the time from
+    /// this process's clock (only versions order an order's changes, never times).
     pub async fn create_order(&self, new: &NewOrder, trace: TraceParent) -> Result<Order, CreateError> {
         let id = self.order_ids.next(self.pool()).await?;
         // PostgreSQL keeps microseconds: the order answered is the order stored.
@@ -85,50 +87,15 @@ impl Storage {
             updated_at: now,
         };
         let event = NewEvent::of(&order, trace);
-        let skus: Vec<i64> = new.items.iter().map(|item| item.sku_id).collect();
-        let quantities: Vec<i32> = new.items.iter().map(|item| item.quantity).collect();
-        let prices: Vec<Decimal> = new.items.iter().map(|item| item.price.amount()).collect();
-        // Each part after the first writes only if the order was inserted: with the idempotency key
-        // already used, nothing is.
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "WITH created AS (
-                 INSERT INTO orders (id, client_id, status, currency_code, amount, idempotency_key,
-                                     version, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
-                 ON CONFLICT (client_id, idempotency_key) DO NOTHING
-                 RETURNING id),
-             items AS (
-                 INSERT INTO order_items (order_id, position, sku_id, quantity, price)
-                 SELECT created.id, item.position - 1, item.sku_id, item.quantity, item.price
-                 FROM created,
-                      UNNEST($8::bigint[], $9::int[], $10::numeric[])
-                          WITH ORDINALITY AS item (sku_id, quantity, price, position)),
-             version AS (
-                 INSERT INTO order_versions (order_id, version, status, changed_at)
-                 SELECT id, 1, $3, $7 FROM created)
-             INSERT INTO outbox (aggregate_id, event_id, payload, traceparent)
-             SELECT id, $11, $12, $13 FROM created
-             RETURNING aggregate_id",
-        )
-        .bind(id)
-        .bind(new.client_id)
-        .bind(OrderStatus::Created.as_str())
-        .bind(new.amount.currency().as_str())
-        .bind(new.amount.amount())
-        .bind(new.idempotency_key.as_deref())
-        .bind(now)
-        .bind(&skus)
-        .bind(&quantities)
-        .bind(&prices)
-        .bind(event.event_id)
-        .bind(&event.payload)
-        .bind(&event.traceparent)
-        .fetch_optional(self.pool())
-        .await?;
-        match inserted {
-            Some(_) => Ok(order),
+        let row = NewRow {
+            order,
+            idempotency_key: new.idempotency_key.clone(),
+            event,
+        };
+        match self.creates.submit(row).await.map_err(StorageError::from)?? {
+            Created::Inserted(order) => Ok(order),
             // The key was used before (possibly by a concurrent request that just committed).
-            None => self.order_of_key(new).await,
+            Created::KeyUsed => self.order_of_key(new).await,
         }
     }
 
@@ -168,13 +135,13 @@ impl Storage {
         load(&mut connection, &ids).await
     }
 
-    /// Moves the order to `to`, checking `expected_version` and the state machine.
+    /// Moves the order to `to`, checking `expected_version` and the state machine. `trace` goes with
+    /// the event.
     ///
-    /// Four round trips: in one transaction, an `UPDATE` that changes the row only if its status may
-    /// become `to` and its version is the expected one (PostgreSQL re-checks both on the latest row
-    /// after waiting for a concurrent change's lock, so changes of one order serialize), returning the
-    /// order; then its version and event. Only when nothing changed does a second read find out why.
-    /// `trace` goes with the event.
+    /// The change goes to the database with the changes waiting at that moment, in one transaction
+    /// ([`super::group_commit`], [`super::status_changes`]): an `UPDATE` that changes the row only if its
+    /// status may become `to` and its version is the expected one, then its version and event. Only when
+    /// nothing changed does a read find out why.
     pub async fn update_status(
         &self,
         id: OrderId,
@@ -182,45 +149,23 @@ impl Storage {
         expected_version: Option<i64>,
         trace: TraceParent,
     ) -> Result<StatusChange, UpdateError> {
-        let from: Vec<&str> = OrderStatus::ALL
-            .into_iter()
-            .filter(|&status| status != to && status.can_become(to))
-            .map(OrderStatus::as_str)
-            .collect();
+        let change = Change {
+            id,
+            to,
+            expected_version,
+            trace,
+        };
         // A change of the order between the UPDATE and the read that explains it can make the update
         // legal after all: try again, a bounded number of times.
         for _ in 0..UPDATE_ATTEMPTS {
-            let mut transaction = self.pool().begin().await?;
-            let changed = sqlx::query(
-                "WITH changed AS (
-                     UPDATE orders SET status = $2, version = version + 1, updated_at = now()
-                     WHERE id = $1 AND status = ANY($3) AND ($4::bigint IS NULL OR version = $4)
-                     RETURNING id, client_id, status, currency_code, amount, version, created_at,
-                               updated_at)
-                 SELECT changed.*,
-                        ARRAY(SELECT sku_id FROM order_items WHERE order_id = changed.id
-                              ORDER BY position) AS skus,
-                        ARRAY(SELECT quantity FROM order_items WHERE order_id = changed.id
-                              ORDER BY position) AS quantities,
-                        ARRAY(SELECT price FROM order_items WHERE order_id = changed.id
-                              ORDER BY position) AS prices
-                 FROM changed",
-            )
-            .bind(id.get())
-            .bind(to.as_str())
-            .bind(&from)
-            .bind(expected_version)
-            .fetch_optional(&mut *transaction)
-            .await?;
-            if let Some(row) = changed {
-                let mut order = order_of_row(&row)?;
-                order.items = items_of_row(&row, order.amount.currency())?;
-                record_change(&mut transaction, &order, trace).await?;
-                transaction.commit().await?;
+            if let Some(order) = self
+                .status_changes
+                .submit(change)
+                .await
+                .map_err(StorageError::from)??
+            {
                 return Ok(StatusChange { order, changed: true });
             }
-            transaction.rollback().await?;
-
             let mut connection = self.pool().acquire().await?;
             let order = load_one(&mut connection, id.get())
                 .await?
@@ -247,30 +192,6 @@ impl Storage {
 
 /// How often [`Storage::update_status`] tries an update that a concurrent change keeps overtaking.
 const UPDATE_ATTEMPTS: usize = 3;
-
-/// Writes `order`'s version and its event, made by the request `trace`: one statement.
-async fn record_change(
-    connection: &mut PgConnection,
-    order: &Order,
-    trace: TraceParent,
-) -> Result<(), StorageError> {
-    let event = NewEvent::of(order, trace);
-    sqlx::query(
-        "WITH version AS (
-             INSERT INTO order_versions (order_id, version, status, changed_at) VALUES ($1, $2, $3, $4))
-         INSERT INTO outbox (aggregate_id, event_id, payload, traceparent) VALUES ($1, $5, $6, $7)",
-    )
-    .bind(order.id.get())
-    .bind(order.version)
-    .bind(order.status.as_str())
-    .bind(order.updated_at)
-    .bind(event.event_id)
-    .bind(&event.payload)
-    .bind(&event.traceparent)
-    .execute(connection)
-    .await?;
-    Ok(())
-}
 
 async fn load_one(connection: &mut PgConnection, id: i64) -> Result<Option<Order>, StorageError> {
     Ok(load(connection, &[id]).await?.pop())
@@ -328,7 +249,7 @@ async fn load(connection: &mut PgConnection, ids: &[i64]) -> Result<Vec<Order>, 
 
 /// An order's own columns (`id`, `client_id`, `status`, `currency_code`, `amount`, `version`,
 /// `created_at`, `updated_at`), without its items.
-fn order_of_row(row: &PgRow) -> Result<Order, StorageError> {
+pub(super) fn order_of_row(row: &PgRow) -> Result<Order, StorageError> {
     let currency = CurrencyCode::parse(row.try_get::<String, _>("currency_code")?.trim()).map_err(corrupt)?;
     Ok(Order {
         id: OrderId::parse(row.try_get("id")?).map_err(corrupt)?,
@@ -343,7 +264,7 @@ fn order_of_row(row: &PgRow) -> Result<Order, StorageError> {
 }
 
 /// The items of a row with the arrays `skus`, `quantities` and `prices`, in position order.
-fn items_of_row(row: &PgRow, currency: &CurrencyCode) -> Result<Vec<OrderItem>, StorageError> {
+pub(super) fn items_of_row(row: &PgRow, currency: &CurrencyCode) -> Result<Vec<OrderItem>, StorageError> {
     let skus: Vec<i64> = row.try_get("skus")?;
     let quantities: Vec<i32> = row.try_get("quantities")?;
     let prices: Vec<Decimal> = row.try_get("prices")?;

@@ -43,6 +43,28 @@ pub fn cache_fill(outcome: WriteOutcome) {
     counter!("orders_cache_fills_total", "result" => outcome.as_str()).increment(1);
 }
 
+/// The kinds of write the storage batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageWrite {
+    Create,
+    StatusChange,
+}
+
+impl StorageWrite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::StatusChange => "status_change",
+        }
+    }
+}
+
+/// A batch of `writes` written in one statement: writes over batches is the mean batch.
+pub fn storage_batch(kind: StorageWrite, writes: usize) {
+    counter!("orders_storage_batches_total", "kind" => kind.as_str()).increment(1);
+    counter!("orders_storage_batched_writes_total", "kind" => kind.as_str()).increment(writes as u64);
+}
+
 pub fn outbox_published(events: usize, publish_latency: Duration) {
     counter!("orders_outbox_published_total").increment(events as u64);
     histogram!("orders_outbox_publish_seconds").record(publish_latency.as_secs_f64());

@@ -3,6 +3,7 @@
 mod cache_path;
 mod errors;
 mod faults;
+mod group_commit;
 mod health_check;
 mod helpers;
 mod overload;
