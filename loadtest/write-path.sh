@@ -25,6 +25,9 @@ export PATH="$gobin:$PATH"
 cargo build --release -q -p harness --bin stack -p service --bin orders-service -p loadtest --bin loadtest
 bin="${CARGO_TARGET_DIR:-target}/release"
 seconds="${WRITE_PATH_SECONDS:-20}"
+# ghz on one core (GOMAXPROCS 1) by default: it shares the two cores with the database it measures, and
+# on two it spent more CPU per call for the same 16 calls in flight (docs/BENCHMARKS.md, section 6).
+ghz_cpus="${GHZ_CPUS:-1}"
 cores=$(nproc)
 report_dir=$(mktemp -d)
 
@@ -69,7 +72,7 @@ ghz_call() {
   read -r busy0 total0 < <(machine_ticks)
   service0=$(process_ticks "$SERVICE_PID")
   /usr/bin/time -f "%U %S" -o "$report.time" \
-    ghz --insecure --connections 16 --concurrency 16 --format json "$@" "$GRPC_ADDR" >"$report"
+    ghz --insecure --cpus "$ghz_cpus" --connections 16 --concurrency 16 --format json "$@" "$GRPC_ADDR" >"$report"
   read -r busy1 total1 < <(machine_ticks)
   service1=$(process_ticks "$SERVICE_PID")
   python3 - "$cores" "$report.time" "$busy0" "$total0" "$busy1" "$total1" "$service0" "$service1" <<'PY' >"$report.cores"

@@ -2,7 +2,8 @@
 //! updater that keeps Redis in step with the database.
 //!
 //! ```text
-//!  UpdateOrderStatus ──> PostgreSQL: orders + outbox, one transaction
+//!  CreateOrder, UpdateOrderStatus ──> PostgreSQL: orders + outbox, one transaction
+//!       (group commit: writes that arrive together share it)
 //!                              │
 //!                        outbox relay ──> Kafka `order-events` ──> cache updater (ChannelConsumer)
 //!                                                                        │ version compare-and-set

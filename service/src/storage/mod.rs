@@ -1,5 +1,9 @@
 //! PostgreSQL, the source of truth: orders, their versions, and the outbox, behind one pool.
 //!
+//! Writes go through group commit ([`group_commit`]): creates and status changes that arrive while
+//! others are being written are written together, one statement or transaction for the lot
+//! (`creates.rs`, `status_changes.rs`).
+//!
 //! Migrations are embedded in the binary (`service/migrations`) and applied at start-up; sqlx takes an
 //! advisory lock while it migrates, so several instances starting at once are safe.
 
@@ -13,7 +17,7 @@ mod status_changes;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 use self::creates::InsertOrders;
@@ -73,9 +77,12 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
 }
 
 /// How many batches of each kind of write (creates, status changes) are written at once: one per this
-/// many of the pool's connections, so that the two kinds and the reads each keep connections of their
-/// own.
-const CONNECTIONS_PER_FLUSH: u32 = 4;
+/// many of the pool's connections, 2 of each with the default 16. Fewer flushes make bigger batches, and
+/// a batch costs the database about what one write did: with 16 calls in flight (ghz, quick runs of the
+/// ghz steps of `loadtest/write-path.sh`, 2 cores), `UpdateOrderStatus` reached 0.70x pgbench's TPC-B-like
+/// rate with 4 flushes, 0.72-0.89x with 2 and 0.79x with 1. Two keep a second batch going while one
+/// waits on a lock or a commit.
+const CONNECTIONS_PER_FLUSH: u32 = 8;
 
 /// Writes in one batch, and writes waiting for a batch (per kind): bounds of memory and of a statement's
 /// size, far above what admission control lets in (`MAX_CONCURRENT_REQUESTS`).
@@ -84,6 +91,19 @@ const WRITE_LIMITS: Limits = Limits {
     max_batch: 64,
     max_queued: 4096,
 };
+
+/// `url`'s options, with PostgreSQL told to plan each of the service's statements once per connection.
+///
+/// By default PostgreSQL plans a prepared statement anew on each execution (a "custom" plan for the
+/// parameters given) unless its one generic plan looks no costlier, and for the batched writes it does
+/// not: a profile of `UpdateOrderStatus` under load showed the server parsing column defaults and costing
+/// joins (`stringToNode`, `add_paths_to_joinrel`) on every call. The service's statements are all
+/// lookups by key or writes of whole batches, for which one generic plan is the right plan.
+fn connect_options(url: &str) -> Result<PgConnectOptions, StorageError> {
+    Ok(url
+        .parse::<PgConnectOptions>()?
+        .options([("plan_cache_mode", "force_generic_plan")]))
+}
 
 #[derive(Clone, Debug)]
 pub struct Storage {
@@ -112,7 +132,7 @@ impl Storage {
                     Ok(true)
                 })
             })
-            .connect_lazy(url)?;
+            .connect_lazy_with(connect_options(url)?);
         let limits = Limits {
             flushes: (max_connections / CONNECTIONS_PER_FLUSH).max(1) as usize,
             ..WRITE_LIMITS

@@ -146,12 +146,13 @@ async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec
                            WHERE legal.from_status = orders.status AND legal.to_status = input.status)
              RETURNING orders.id, orders.client_id, orders.status, orders.currency_code, orders.amount,
                        orders.version, orders.created_at, orders.updated_at)
-         SELECT changed.*,
-                ARRAY(SELECT sku_id FROM order_items WHERE order_id = changed.id ORDER BY position) AS skus,
-                ARRAY(SELECT quantity FROM order_items WHERE order_id = changed.id ORDER BY position)
-                    AS quantities,
-                ARRAY(SELECT price FROM order_items WHERE order_id = changed.id ORDER BY position) AS prices
-         FROM changed",
+         SELECT changed.*, items.skus, items.quantities, items.prices
+         FROM changed,
+              -- One scan of the order's items for all three arrays.
+              LATERAL (SELECT coalesce(array_agg(sku_id ORDER BY position), '{}') AS skus,
+                              coalesce(array_agg(quantity ORDER BY position), '{}') AS quantities,
+                              coalesce(array_agg(price ORDER BY position), '{}') AS prices
+                       FROM order_items WHERE order_id = changed.id) AS items",
     )
     .bind(&ids)
     .bind(&statuses)
