@@ -3,36 +3,53 @@
 use std::time::Duration;
 
 use harness::app::{ALL, Environment, shared_stack};
+use harness::client::sample_order;
 use service::domain::OrderStatus;
 use tonic::Code;
 
-/// With every slot taken by calls that wait (on row locks this test holds), the next call is refused
-/// with RESOURCE_EXHAUSTED; the admitted calls finish once the locks go, and the server serves again.
+/// With every slot taken by calls that wait (on locks this test holds), the next call is refused with
+/// RESOURCE_EXHAUSTED; the admitted calls finish once the locks go, and the server serves again.
+///
+/// The two waiting calls are of two kinds, a status change (waiting on the order's row lock) and a create
+/// (waiting on an uncommitted order with its idempotency key), so that each waits in a session of its
+/// own: two calls of one kind may share a transaction (`storage::group_commit`).
 #[tokio::test]
 async fn beyond_its_limit_of_calls_in_progress_the_server_refuses_with_resource_exhausted() {
     let mut env = Environment::fresh(shared_stack().await).await;
     env.settings.max_concurrent_requests = 2;
     let app = env.spawn(&ALL).await.expect("the service starts");
-    let (first, second) = (app.create_order().await, app.create_order().await);
+    let order = app.create_order().await;
+    let mut create = sample_order(77);
+    create.idempotency_key = "held-by-the-test".into();
 
     let mut locks = env.storage.pool().begin().await.expect("a transaction");
-    sqlx::query("SELECT id FROM orders WHERE id = ANY($1) FOR UPDATE")
-        .bind(vec![first.order_id, second.order_id])
+    sqlx::query("SELECT id FROM orders WHERE id = $1 FOR UPDATE")
+        .bind(order.order_id)
         .execute(&mut *locks)
         .await
-        .expect("lock both orders");
-    let held: Vec<_> = [&first, &second]
-        .into_iter()
-        .map(|order| {
-            let (api, id) = (app.api.clone(), order.order_id);
-            tokio::spawn(async move { api.set_status(id, OrderStatus::Paid, None).await })
-        })
-        .collect();
+        .expect("lock the order");
+    sqlx::query(
+        "INSERT INTO orders (client_id, status, currency_code, amount, idempotency_key)
+         VALUES ($1, 'CREATED', 'EUR', 0, $2)",
+    )
+    .bind(create.client_id)
+    .bind(&create.idempotency_key)
+    .execute(&mut *locks)
+    .await
+    .expect("hold the idempotency key");
+    let held_change = tokio::spawn({
+        let (api, id) = (app.api.clone(), order.order_id);
+        async move { api.set_status(id, OrderStatus::Paid, None).await }
+    });
+    let held_create = tokio::spawn({
+        let (api, request) = (app.api.clone(), create.clone());
+        async move { api.create_order(request).await }
+    });
     wait_for_lock_waiters(&env, 2).await;
 
     let refused = app
         .api
-        .get_order(first.order_id, 0)
+        .get_order(order.order_id, 0)
         .await
         .expect_err("no room for a third call");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
@@ -42,11 +59,17 @@ async fn beyond_its_limit_of_calls_in_progress_the_server_refuses_with_resource_
     );
 
     locks.rollback().await.expect("release the locks");
-    for call in held {
-        let paid = call.await.expect("no panic").expect("an admitted call completes");
-        assert_eq!(paid.version, 2);
-    }
-    let read = app.api.get_order(first.order_id, 0).await.expect("served again");
+    let paid = held_change
+        .await
+        .expect("no panic")
+        .expect("the admitted change completes");
+    assert_eq!(paid.version, 2);
+    let created = held_create
+        .await
+        .expect("no panic")
+        .expect("the admitted create completes");
+    assert_eq!((created.client_id, created.version), (77, 1));
+    let read = app.api.get_order(order.order_id, 0).await.expect("served again");
     assert_eq!(read.order.map(|order| order.version), Some(2));
     app.stop().await.expect("a clean stop");
 }
