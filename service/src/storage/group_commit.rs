@@ -84,8 +84,11 @@ struct Shared<F: Flush> {
     state: Mutex<State<F::Write, F::Outcome>>,
 }
 
+/// A write waiting for a flush, with where its outcome goes.
+type Waiting<W, O> = (W, oneshot::Sender<O>);
+
 struct State<W, O> {
-    queue: VecDeque<(W, oneshot::Sender<O>)>,
+    queue: VecDeque<Waiting<W, O>>,
     /// Flush tasks running.
     flushing: usize,
 }
@@ -152,7 +155,7 @@ struct Slot<F: Flush> {
 impl<F: Flush> Slot<F> {
     /// The next batch; or `None`, the slot given back under the same lock, when nothing waits (a write
     /// queued after that finds the slot free and starts a flush).
-    fn take_batch(&mut self) -> Option<Vec<(F::Write, oneshot::Sender<F::Outcome>)>> {
+    fn take_batch(&mut self) -> Option<Vec<Waiting<F::Write, F::Outcome>>> {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         if state.queue.is_empty() {
             state.flushing -= 1;
