@@ -140,7 +140,8 @@ pub struct Settings {
     #[arg(long, env = "OUTBOX_POLL_MS", default_value_t = DEFAULT_POLL_INTERVAL.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub outbox_poll_ms: u64,
 
-    /// Connections in the PostgreSQL pool.
+    /// Connections in the PostgreSQL pool. One in eight writes batches of creates, one in eight batches
+    /// of status changes (`storage::group_commit`); the rest serve reads.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_pool_size: u32,
 }
