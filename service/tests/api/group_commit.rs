@@ -143,3 +143,148 @@ async fn distinct_transactions(pool: &sqlx::PgPool, query: &str, ids: &[i64]) ->
         .collect::<std::collections::HashSet<_>>()
         .len() as i64
 }
+
+/// The client whose writes this test's database refuses, by a trigger of the test's own.
+const REFUSED_CLIENT: i64 = 666;
+
+/// Installs a trigger that fails every `operation` (`INSERT` or `UPDATE`) of an order of
+/// [`REFUSED_CLIENT`], counting each attempt in a sequence (which a rollback does not undo).
+async fn refuse_client_writes(pool: &sqlx::PgPool, operation: &str) {
+    for statement in [
+        "CREATE SEQUENCE refused_attempts".to_string(),
+        format!(
+            "CREATE FUNCTION refuse_client() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.client_id = {REFUSED_CLIENT} THEN
+                     PERFORM nextval('refused_attempts');
+                     RAISE EXCEPTION 'refused by the test';
+                 END IF;
+                 RETURN NEW;
+             END $$"
+        ),
+        format!(
+            "CREATE TRIGGER refuse_client BEFORE {operation} ON orders FOR EACH ROW EXECUTE FUNCTION refuse_client()"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(pool)
+            .await
+            .expect("install the refusing trigger");
+    }
+}
+
+async fn refused_attempts(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refused_attempts")
+        .fetch_one(pool)
+        .await
+        .expect("read the attempts")
+}
+
+#[tokio::test]
+async fn a_create_the_database_refuses_fails_alone_and_its_batch_is_written() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let app = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let pool = env.storage.pool();
+    refuse_client_writes(pool, "INSERT").await;
+
+    // One refused create in eight, among calls enough to make batches.
+    let clients: Vec<i64> = (0..CALLS as i64)
+        .map(|n| if n % 8 == 3 { REFUSED_CLIENT } else { 1 + n })
+        .collect();
+    let answers = join_all(clients.iter().map(|&client| app.api.create(client))).await;
+    let refused = clients.iter().filter(|&&client| client == REFUSED_CLIENT).count() as i64;
+    let mut created = Vec::new();
+    for (client, answer) in clients.iter().zip(answers) {
+        match answer {
+            Ok(order) => created.push(order.order_id),
+            Err(status) => assert_eq!(
+                (*client, status.code()),
+                (REFUSED_CLIENT, Code::Internal),
+                "only the refused client's creates fail: {status:?}"
+            ),
+        }
+    }
+    assert_eq!(
+        created.len() as i64,
+        CALLS as i64 - refused,
+        "every other create succeeds"
+    );
+    // A refused create alone in its batch is tried once; one in a batch with others is tried with the
+    // batch, then alone: more attempts than refused creates means batches failed and were split.
+    let attempts = refused_attempts(pool).await;
+    assert!(
+        attempts > refused,
+        "{attempts} attempts for {refused} refused creates: none shared a batch, nothing was shown"
+    );
+    let whole: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM orders o WHERE o.id = ANY($1)
+           AND (SELECT count(*) FROM order_versions v WHERE v.order_id = o.id) = 1
+           AND (SELECT count(*) FROM outbox e WHERE e.aggregate_id = o.id) = 1",
+    )
+    .bind(&created)
+    .fetch_one(pool)
+    .await
+    .expect("count whole orders");
+    assert_eq!(
+        whole,
+        created.len() as i64,
+        "each created order stored with its version and event"
+    );
+    app.stop().await.expect("a clean stop");
+}
+
+#[tokio::test]
+async fn a_status_change_the_database_refuses_fails_alone_and_its_batch_is_written() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let app = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let clients: Vec<i64> = (0..CALLS as i64)
+        .map(|n| if n % 8 == 3 { REFUSED_CLIENT } else { 1 + n })
+        .collect();
+    let orders = join_all(clients.iter().map(|&client| app.api.create(client))).await;
+    let orders: Vec<_> = orders
+        .into_iter()
+        .map(|order| order.expect("CreateOrder"))
+        .collect();
+    let pool = env.storage.pool();
+    refuse_client_writes(pool, "UPDATE").await;
+
+    let answers = join_all(
+        orders
+            .iter()
+            .map(|order| app.api.set_status(order.order_id, OrderStatus::Paid, None)),
+    )
+    .await;
+    let refused = clients.iter().filter(|&&client| client == REFUSED_CLIENT).count() as i64;
+    let mut paid = Vec::new();
+    for (order, answer) in orders.iter().zip(answers) {
+        match answer {
+            Ok(changed) => {
+                assert_eq!(changed.version, 2);
+                paid.push(order.order_id);
+            }
+            Err(status) => assert_eq!(
+                (order.client_id, status.code()),
+                (REFUSED_CLIENT, Code::Internal),
+                "only the refused client's changes fail: {status:?}"
+            ),
+        }
+    }
+    assert_eq!(
+        paid.len() as i64,
+        CALLS as i64 - refused,
+        "every other change succeeds"
+    );
+    let attempts = refused_attempts(pool).await;
+    assert!(
+        attempts > refused,
+        "{attempts} attempts for {refused} refused changes: none shared a batch, nothing was shown"
+    );
+    let versions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM order_versions WHERE order_id = ANY($1) AND version = 2")
+            .bind(&paid)
+            .fetch_one(pool)
+            .await
+            .expect("count versions");
+    assert_eq!(versions, paid.len() as i64, "each change stored with its version");
+    app.stop().await.expect("a clean stop");
+}
