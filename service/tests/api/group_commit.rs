@@ -173,11 +173,57 @@ async fn refuse_client_writes(pool: &sqlx::PgPool, operation: &str) {
     }
 }
 
-async fn refused_attempts(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refused_attempts")
-        .fetch_one(pool)
-        .await
-        .expect("read the attempts")
+/// Calls enough to make batches, one in eight from [`REFUSED_CLIENT`].
+fn clients_one_in_eight_refused() -> Vec<i64> {
+    (0..CALLS as i64)
+        .map(|n| if n % 8 == 3 { REFUSED_CLIENT } else { 1 + n })
+        .collect()
+}
+
+/// The answers of the calls that succeeded, after checking that every other call was the refused
+/// client's, answered INTERNAL, and that all the others succeeded.
+fn only_the_refused_fail<T>(calls: impl IntoIterator<Item = (i64, Result<T, tonic::Status>)>) -> Vec<T> {
+    let mut succeeded = Vec::new();
+    let mut refused = 0;
+    for (client, answer) in calls {
+        match answer {
+            Ok(answer) => succeeded.push(answer),
+            Err(status) => {
+                assert_eq!(
+                    (client, status.code()),
+                    (REFUSED_CLIENT, Code::Internal),
+                    "only the refused client's calls fail: {status:?}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(succeeded.len() + refused, CALLS, "every call answered");
+    assert_eq!(
+        refused as i64,
+        refused_calls(&clients_one_in_eight_refused()),
+        "every other call succeeds"
+    );
+    succeeded
+}
+
+fn refused_calls(clients: &[i64]) -> i64 {
+    clients.iter().filter(|&&client| client == REFUSED_CLIENT).count() as i64
+}
+
+/// A refused write alone in its batch is tried once; one in a batch with others is tried with the
+/// batch, then alone: more attempts than refused writes means batches failed and were split, which is
+/// what the test is about.
+async fn assert_refused_batches_were_split(pool: &sqlx::PgPool, refused: i64) {
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refused_attempts")
+            .fetch_one(pool)
+            .await
+            .expect("read the attempts");
+    assert!(
+        attempts > refused,
+        "{attempts} attempts for {refused} refused writes: none shared a batch, nothing was shown"
+    );
 }
 
 #[tokio::test]
@@ -187,35 +233,14 @@ async fn a_create_the_database_refuses_fails_alone_and_its_batch_is_written() {
     let pool = env.storage.pool();
     refuse_client_writes(pool, "INSERT").await;
 
-    // One refused create in eight, among calls enough to make batches.
-    let clients: Vec<i64> = (0..CALLS as i64)
-        .map(|n| if n % 8 == 3 { REFUSED_CLIENT } else { 1 + n })
-        .collect();
+    let clients = clients_one_in_eight_refused();
     let answers = join_all(clients.iter().map(|&client| app.api.create(client))).await;
-    let refused = clients.iter().filter(|&&client| client == REFUSED_CLIENT).count() as i64;
-    let mut created = Vec::new();
-    for (client, answer) in clients.iter().zip(answers) {
-        match answer {
-            Ok(order) => created.push(order.order_id),
-            Err(status) => assert_eq!(
-                (*client, status.code()),
-                (REFUSED_CLIENT, Code::Internal),
-                "only the refused client's creates fail: {status:?}"
-            ),
-        }
-    }
-    assert_eq!(
-        created.len() as i64,
-        CALLS as i64 - refused,
-        "every other create succeeds"
-    );
-    // A refused create alone in its batch is tried once; one in a batch with others is tried with the
-    // batch, then alone: more attempts than refused creates means batches failed and were split.
-    let attempts = refused_attempts(pool).await;
-    assert!(
-        attempts > refused,
-        "{attempts} attempts for {refused} refused creates: none shared a batch, nothing was shown"
-    );
+    let refused = refused_calls(&clients);
+    let created: Vec<i64> = only_the_refused_fail(clients.iter().copied().zip(answers))
+        .iter()
+        .map(|order| order.order_id)
+        .collect();
+    assert_refused_batches_were_split(pool, refused).await;
     let whole: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM orders o WHERE o.id = ANY($1)
            AND (SELECT count(*) FROM order_versions v WHERE v.order_id = o.id) = 1
@@ -237,9 +262,7 @@ async fn a_create_the_database_refuses_fails_alone_and_its_batch_is_written() {
 async fn a_status_change_the_database_refuses_fails_alone_and_its_batch_is_written() {
     let env = Environment::fresh(shared_stack().await).await;
     let app = env.spawn(&[Component::Api]).await.expect("the API starts");
-    let clients: Vec<i64> = (0..CALLS as i64)
-        .map(|n| if n % 8 == 3 { REFUSED_CLIENT } else { 1 + n })
-        .collect();
+    let clients = clients_one_in_eight_refused();
     let orders = join_all(clients.iter().map(|&client| app.api.create(client))).await;
     let orders: Vec<_> = orders
         .into_iter()
@@ -254,31 +277,14 @@ async fn a_status_change_the_database_refuses_fails_alone_and_its_batch_is_writt
             .map(|order| app.api.set_status(order.order_id, OrderStatus::Paid, None)),
     )
     .await;
-    let refused = clients.iter().filter(|&&client| client == REFUSED_CLIENT).count() as i64;
-    let mut paid = Vec::new();
-    for (order, answer) in orders.iter().zip(answers) {
-        match answer {
-            Ok(changed) => {
-                assert_eq!(changed.version, 2);
-                paid.push(order.order_id);
-            }
-            Err(status) => assert_eq!(
-                (order.client_id, status.code()),
-                (REFUSED_CLIENT, Code::Internal),
-                "only the refused client's changes fail: {status:?}"
-            ),
-        }
-    }
-    assert_eq!(
-        paid.len() as i64,
-        CALLS as i64 - refused,
-        "every other change succeeds"
-    );
-    let attempts = refused_attempts(pool).await;
+    let refused = refused_calls(&clients);
+    let changed = only_the_refused_fail(orders.iter().map(|order| order.client_id).zip(answers));
     assert!(
-        attempts > refused,
-        "{attempts} attempts for {refused} refused changes: none shared a batch, nothing was shown"
+        changed.iter().all(|order| order.version == 2),
+        "each change made version 2"
     );
+    let paid: Vec<i64> = changed.iter().map(|order| order.order_id).collect();
+    assert_refused_batches_were_split(pool, refused).await;
     let versions: i64 =
         sqlx::query_scalar("SELECT count(*) FROM order_versions WHERE order_id = ANY($1) AND version = 2")
             .bind(&paid)
