@@ -14,13 +14,11 @@
 //!   retries of one request, racing) take the key's index entries in the same order: they wait for each
 //!   other instead of deadlocking.
 
-use std::sync::Arc;
-
 use rust_decimal::Decimal;
 
-use super::StorageError;
 use super::group_commit::Flush;
 use super::outbox::NewEvent;
+use super::{StorageError, together_or_each_alone};
 use crate::domain::{Order, OrderStatus};
 use crate::telemetry::metrics;
 
@@ -53,47 +51,22 @@ impl Flush for InsertOrders {
     #[tracing::instrument(name = "insert orders", skip_all, fields(orders = batch.len()))]
     async fn flush(&self, batch: Vec<NewRow>) -> Vec<Self::Outcome> {
         metrics::storage_batch(metrics::StorageWrite::Create, batch.len());
-        match insert(&self.pool, &batch).await {
-            Ok(inserted) => outcomes(batch, &inserted),
-            Err(error) => match StorageError::from(error) {
-                StorageError::Unavailable(error) => batch
-                    .iter()
-                    .map(|_| Err(StorageError::Unavailable(Arc::clone(&error))))
-                    .collect(),
-                // Some row broke the statement: each on its own finds out which.
-                _ if batch.len() > 1 => {
-                    let mut outcomes = Vec::with_capacity(batch.len());
-                    for row in batch {
-                        let alone = [row];
-                        outcomes.push(match insert(&self.pool, &alone).await {
-                            Ok(inserted) => outcomes_of(alone, &inserted),
-                            Err(error) => Err(error.into()),
-                        });
-                    }
-                    outcomes
-                }
-                error => vec![Err(error)],
-            },
-        }
-    }
-}
-
-fn outcomes(batch: Vec<NewRow>, inserted: &[i64]) -> Vec<Result<Created, StorageError>> {
-    batch
-        .into_iter()
-        .map(|row| {
-            Ok(if inserted.contains(&row.order.id.get()) {
-                Created::Inserted(row.order)
-            } else {
-                Created::KeyUsed
-            })
+        let inserted = together_or_each_alone(&batch, |rows| async move {
+            let ids = insert(&self.pool, rows).await?;
+            Ok(rows.iter().map(|row| ids.contains(&row.order.id.get())).collect())
         })
-        .collect()
-}
-
-fn outcomes_of(alone: [NewRow; 1], inserted: &[i64]) -> Result<Created, StorageError> {
-    let [outcome] = <[_; 1]>::try_from(outcomes(alone.into(), inserted)).expect("one row, one outcome");
-    outcome
+        .await;
+        batch
+            .into_iter()
+            .zip(inserted)
+            .map(|(row, inserted)| {
+                inserted.map(|inserted| match inserted {
+                    true => Created::Inserted(row.order),
+                    false => Created::KeyUsed,
+                })
+            })
+            .collect()
+    }
 }
 
 /// Inserts the batch in one statement; the ids of the orders inserted.

@@ -76,6 +76,38 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Writes a batch with `write`, which writes a slice of writes at once and answers for each: if that
+/// fails because the database cannot be reached, every write gets that error (another try would only
+/// wait for the same outage); if it fails for another reason, some write broke the statement, and each is
+/// written again alone, so that only the one that broke it fails.
+async fn together_or_each_alone<'a, W, T, Written>(
+    batch: &'a [W],
+    write: impl Fn(&'a [W]) -> Written,
+) -> Vec<Result<T, StorageError>>
+where
+    Written: std::future::Future<Output = Result<Vec<T>, StorageError>>,
+{
+    match write(batch).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(StorageError::Unavailable(error)) => batch
+            .iter()
+            .map(|_| Err(StorageError::Unavailable(Arc::clone(&error))))
+            .collect(),
+        Err(_) if batch.len() > 1 => {
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for alone in batch.chunks(1) {
+                outcomes.push(write(alone).await.and_then(|mut written| {
+                    written
+                        .pop()
+                        .ok_or_else(|| StorageError::Corrupt("a write alone got no outcome".into()))
+                }));
+            }
+            outcomes
+        }
+        Err(error) => vec![Err(error)],
+    }
+}
+
 /// How many batches of each kind of write (creates, status changes) are written at once: one per this
 /// many of the pool's connections, 2 of each with the default 16. Fewer flushes make bigger batches, and
 /// a batch costs the database about what one write did: with 16 calls in flight (ghz, quick runs of the

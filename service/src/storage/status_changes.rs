@@ -19,14 +19,13 @@
 //!   unreachable database is written again one change at a time.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use sqlx::PgConnection;
 
-use super::StorageError;
 use super::group_commit::Flush;
 use super::orders::{items_of_row, order_of_row};
 use super::outbox::NewEvent;
+use super::{StorageError, together_or_each_alone};
 use crate::domain::{Order, OrderId, OrderStatus};
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::TraceParent;
@@ -53,26 +52,7 @@ impl Flush for ChangeStatuses {
     #[tracing::instrument(name = "change statuses", skip_all, fields(changes = batch.len()))]
     async fn flush(&self, batch: Vec<Change>) -> Vec<Self::Outcome> {
         metrics::storage_batch(metrics::StorageWrite::StatusChange, batch.len());
-        match write(&self.pool, &batch).await {
-            Ok(changed) => changed.into_iter().map(Ok).collect(),
-            Err(StorageError::Unavailable(error)) => batch
-                .iter()
-                .map(|_| Err(StorageError::Unavailable(Arc::clone(&error))))
-                .collect(),
-            // Some change broke the transaction: each on its own finds out which.
-            Err(_) if batch.len() > 1 => {
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for change in batch {
-                    outcomes.push(
-                        write(&self.pool, &[change])
-                            .await
-                            .map(|mut changed| changed.remove(0)),
-                    );
-                }
-                outcomes
-            }
-            Err(error) => vec![Err(error)],
-        }
+        together_or_each_alone(&batch, |changes| write(&self.pool, changes)).await
     }
 }
 
