@@ -241,8 +241,9 @@ fn monotonic_cache(recorded: &Recorded) -> Vec<Violation> {
                 found.push(violation(
                     Invariant::MonotonicCache,
                     format!(
-                        "order {order}: the cache held version {before}, then version {version} at {:.3} s",
-                        change.at.as_secs_f64()
+                        "order {order}: the cache held version {before}, then version {version} at {:.3} s ({})",
+                        change.at.as_secs_f64(),
+                        faults_at(recorded, change.at)
                     ),
                 ));
             }
@@ -250,6 +251,27 @@ fn monotonic_cache(recorded: &Recorded) -> Vec<Violation> {
         }
     }
     found
+}
+
+/// The faults in progress at `at`, for a violation's message: which one to suspect first.
+fn faults_at(recorded: &Recorded, at: std::time::Duration) -> String {
+    let during: Vec<String> = recorded
+        .faults
+        .iter()
+        .filter(|window| (window.start..=window.end).contains(&at))
+        .map(|window| {
+            format!(
+                "during {} from {:.3} s to {:.3} s",
+                window.kind,
+                window.start.as_secs_f64(),
+                window.end.as_secs_f64()
+            )
+        })
+        .collect();
+    match during.is_empty() {
+        true => "no fault in progress".to_string(),
+        false => during.join(", "),
+    }
 }
 
 fn read_your_writes(recorded: &Recorded) -> Vec<Violation> {
