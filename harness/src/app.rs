@@ -215,6 +215,17 @@ impl App {
             .unwrap_or_else(|e| panic!("CreateOrder: {e}"))
     }
 
+    /// One order for each of `clients`, all requested at once, as the API answered them, in order.
+    pub async fn create_orders_at_once(&self, clients: impl IntoIterator<Item = i64>) -> Vec<pb::Order> {
+        let calls = clients.into_iter().map(|client| async move {
+            self.api
+                .create(client)
+                .await
+                .unwrap_or_else(|e| panic!("CreateOrder for client {client}: {e}"))
+        });
+        futures::future::join_all(calls).await
+    }
+
     pub async fn set_status(&self, order_id: i64, status: OrderStatus) -> pb::Order {
         self.api
             .set_status(order_id, status, None)

@@ -116,13 +116,16 @@ where
 /// waits on a lock or a commit.
 const CONNECTIONS_PER_FLUSH: u32 = 8;
 
-/// Writes in one batch, and writes waiting for a batch (per kind): bounds of memory and of a statement's
-/// size, far above what admission control lets in (`MAX_CONCURRENT_REQUESTS`).
-const WRITE_LIMITS: Limits = Limits {
-    flushes: 1,
-    max_batch: 64,
-    max_queued: 4096,
-};
+/// The group commit of each kind of write with a pool of `max_connections`: [`CONNECTIONS_PER_FLUSH`]
+/// decides the flushes; the batch and the queue are bounds of memory and of a statement's size, far
+/// above what admission control lets in (`MAX_CONCURRENT_REQUESTS`).
+fn write_limits(max_connections: u32) -> Limits {
+    Limits {
+        flushes: (max_connections / CONNECTIONS_PER_FLUSH).max(1) as usize,
+        max_batch: 64,
+        max_queued: 4096,
+    }
+}
 
 /// `url`'s options, with PostgreSQL told to plan each of the service's statements once per connection.
 ///
@@ -165,10 +168,7 @@ impl Storage {
                 })
             })
             .connect_lazy_with(connect_options(url)?);
-        let limits = Limits {
-            flushes: (max_connections / CONNECTIONS_PER_FLUSH).max(1) as usize,
-            ..WRITE_LIMITS
-        };
+        let limits = write_limits(max_connections);
         Ok(Self {
             creates: GroupCommit::new(InsertOrders { pool: pool.clone() }, limits),
             status_changes: GroupCommit::new(ChangeStatuses { pool: pool.clone() }, limits),

@@ -19,11 +19,8 @@ async fn concurrent_creates_share_transactions_and_each_order_keeps_its_rows_and
     // The API alone: no relay deletes the events this test counts.
     let env = Environment::fresh(shared_stack().await).await;
     let app = env.spawn(&[Component::Api]).await.expect("the API starts");
-    let created = join_all((0..CALLS).map(|n| app.api.create(1 + n as i64))).await;
-    let ids: Vec<i64> = created
-        .into_iter()
-        .map(|order| order.expect("CreateOrder").order_id)
-        .collect();
+    let created = app.create_orders_at_once(1..=CALLS as i64).await;
+    let ids: Vec<i64> = created.iter().map(|order| order.order_id).collect();
     let pool = env.storage.pool();
 
     let whole: i64 = sqlx::query_scalar(
@@ -59,11 +56,8 @@ async fn concurrent_creates_share_transactions_and_each_order_keeps_its_rows_and
 async fn concurrent_status_changes_share_transactions_and_each_change_is_one_version() {
     let env = Environment::fresh(shared_stack().await).await;
     let app = env.spawn(&[Component::Api]).await.expect("the API starts");
-    let orders = join_all((0..CALLS / 2).map(|n| app.api.create(1 + n as i64))).await;
-    let ids: Vec<i64> = orders
-        .into_iter()
-        .map(|order| order.expect("CreateOrder").order_id)
-        .collect();
+    let orders = app.create_orders_at_once(1..=(CALLS / 2) as i64).await;
+    let ids: Vec<i64> = orders.iter().map(|order| order.order_id).collect();
 
     // Two changes of each order at once, so batches hold the same order twice: PAID (legal only from
     // CREATED) and CANCELLED (legal from both). Whichever goes first, the other may be refused.
@@ -263,11 +257,7 @@ async fn a_status_change_the_database_refuses_fails_alone_and_its_batch_is_writt
     let env = Environment::fresh(shared_stack().await).await;
     let app = env.spawn(&[Component::Api]).await.expect("the API starts");
     let clients = clients_one_in_eight_refused();
-    let orders = join_all(clients.iter().map(|&client| app.api.create(client))).await;
-    let orders: Vec<_> = orders
-        .into_iter()
-        .map(|order| order.expect("CreateOrder"))
-        .collect();
+    let orders = app.create_orders_at_once(clients.iter().copied()).await;
     let pool = env.storage.pool();
     refuse_client_writes(pool, "UPDATE").await;
 
