@@ -339,12 +339,23 @@ impl Stack {
     /// The cluster's nodes that serve slots now (their [`Service::RedisNode`] numbers), as a live node
     /// sees them once every slot is served.
     pub async fn redis_masters(&self) -> Result<Vec<usize>> {
+        self.redis_nodes_that(|n| n.master && n.slots > 0 && !n.failing)
+            .await
+    }
+
+    /// The node numbers of the cluster's replicas (in the numbering of [`redis_masters`](Self::redis_masters)).
+    pub async fn redis_replicas(&self) -> Result<Vec<usize>> {
+        self.redis_nodes_that(|n| !n.master && !n.failing).await
+    }
+
+    /// The numbers of the nodes `which` selects, as a live node sees them once every slot is served.
+    async fn redis_nodes_that(&self, which: impl Fn(&redis_cluster::NodeView) -> bool) -> Result<Vec<usize>> {
         let witness = self.redis_nodes().next().unwrap_or_default().to_string();
         let witness = self.live_redis_node(&witness).await?;
         let nodes = redis_cluster::wait_serving(&witness).await?;
         Ok(nodes
             .iter()
-            .filter(|n| n.master && n.slots > 0 && !n.failing)
+            .filter(|n| which(n))
             .filter_map(|n| self.redis_node_number(&n.address))
             .collect())
     }

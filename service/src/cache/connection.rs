@@ -13,13 +13,13 @@
 //! every order's key (`order:{id}`) has a slot of its own. So:
 //!
 //! * A read of many keys ([`RedisConnection::get_many`]) goes as one pipeline of `GET`s per master,
-//!   all at once, after the slot map of `CLUSTER SLOTS` (kept, and read again after a failover). A key
+//!   all at once, after the slot map of `CLUSTER SLOTS` (read again when it sends keys astray). A key
 //!   whose master the map has wrong is answered `MOVED`, and read again through the cluster client's
 //!   own `MGET`, which it splits by slot (one command per slot: for 50 random orders about 50, which
 //!   cost two thirds of the batch read's throughput, docs/BENCHMARKS.md section 8).
 //! * A batch of script calls ([`RedisConnection::run_scripts`]) goes as one pipeline per slot, all
-//!   sent at once; on one Redis, as one pipeline. Each script touches one key, so none needs a hash
-//!   tag.
+//!   sent at once, or, when it waits for replicas, one per master of the slot map; on one Redis, as
+//!   one pipeline. Each script touches one key, so none needs a hash tag.
 //!
 //! # Guarantees
 //!
@@ -27,6 +27,23 @@
 //! * A node that lost its script cache (a restart, a replica promoted by a failover) answers
 //!   `NOSCRIPT`: the calls that got that answer run once more with the script's source (`EVAL`, which
 //!   also caches it there), and only those, so no call runs twice.
+//! * Script calls run [`Replicated`](Confirm::Replicated) on a cluster succeed only once a replica of
+//!   each master they ran on holds what they did: a master replies before its replica copied the
+//!   write, and a failover to a replica that had not copied it loses it. The consistency soak caught
+//!   exactly that: two of 30 master kills and pauses lost an update the updater had acknowledged to
+//!   Kafka, and the cache kept the version before it for good (`[convergence] order 1463: cache has
+//!   version 6, database has version 7`, docs/CONSISTENCY.md section 6). Such calls go as one pipeline
+//!   per master, ended by `WAIT 1`: `WAIT` holds the connection it is sent on until a replica answers,
+//!   and the cluster client has one connection per node that every call shares, so a first version
+//!   with one `WAIT` per slot (about a hundred per chunk of updates) jammed a node whose replica had
+//!   gone and stopped the updater for good. A master that has no replica in the slot map (`CLUSTER
+//!   SLOTS` leaves out failed ones) is not waited for: no replica can take its writes over, and
+//!   waiting would stop the updater for as long as it stays alone (a replica just promoted, until its
+//!   old master rejoins). Where the map is out of date (writes that wait read it again every
+//!   [`SLOT_MAP_AGE`]), a wait for a replica gone fails after [`REPLICA_WAIT`] and the caller retries.
+//!   Left open: the map and the cluster client's routing are learnt apart, so a write the client
+//!   still routes to a master the map already shows alone (a master paused until replaced, answering
+//!   for a moment on its return) is not waited for.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +62,21 @@ use super::scripts::{Invoke, ScriptCall};
 /// How long a connection attempt and an answer may take. Redis is an optimisation: a read that waits
 /// longer than this is better served by the database.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a replicated call waits for a replica to confirm (`WAIT`'s timeout). On loopback a replica
+/// confirms in well under a millisecond; this leaves room for a busy machine and stays far below
+/// [`RESPONSE_TIMEOUT`], which the wait counts against.
+pub const REPLICA_WAIT: Duration = Duration::from_millis(200);
+
+/// When a batch of script calls counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirm {
+    /// When the master answered: for writes whose loss costs nothing but a miss.
+    Master,
+    /// On a cluster, when a replica of each master holds the writes too (see the module documentation);
+    /// on one Redis, which has no replica to fail over to, as [`Confirm::Master`].
+    Replicated,
+}
 
 /// What `REDIS_URL` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +169,7 @@ impl RedisConnection {
             return Ok(redis::cmd("MGET").arg(keys).query_async(&mut redis).await?);
         };
         let slots: Vec<u16> = keys.iter().map(|key| slot(key.as_bytes())).collect();
-        let masters = owners.current(connection).await;
+        let masters = owners.current(connection, None).await;
         // Keys of a slot the map has no master for are left `None`: they go the slow way below.
         let mut by_master: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, slot) in slots.iter().enumerate() {
@@ -199,25 +231,22 @@ impl RedisConnection {
     }
 
     /// Runs script calls, each on its own key, and answers in the order of `calls` (see the module
-    /// documentation for how they are grouped).
-    pub async fn run_scripts(&self, calls: &[ScriptCall<'_>]) -> Result<Vec<i64>, CacheError> {
+    /// documentation for how they are grouped and what `confirm` waits for).
+    pub async fn run_scripts(
+        &self,
+        calls: &[ScriptCall<'_>],
+        confirm: Confirm,
+    ) -> Result<Vec<i64>, CacheError> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let groups: Vec<Vec<usize>> = match self {
-            Self::Single(_) => vec![(0..calls.len()).collect()],
-            Self::Cluster(..) => {
-                let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-                for (index, call) in calls.iter().enumerate() {
-                    by_slot.entry(slot(call.key.as_bytes())).or_default().push(index);
-                }
-                by_slot.into_values().collect()
-            }
-        };
-        let answers =
-            futures::future::try_join_all(groups.iter().map(|group| self.run_group(calls, group))).await?;
+        let groups = self.groups(calls, confirm).await;
+        let runs = groups
+            .iter()
+            .map(|(group, wait)| self.run_group(calls, group, *wait));
+        let answers = futures::future::try_join_all(runs).await?;
         let mut replies = vec![0; calls.len()];
-        for (group, answers) in groups.iter().zip(answers) {
+        for ((group, _), answers) in groups.iter().zip(answers) {
             for (&index, reply) in group.iter().zip(answers) {
                 replies[index] = reply;
             }
@@ -225,23 +254,98 @@ impl RedisConnection {
         Ok(replies)
     }
 
-    /// One pipeline of the calls at `indices`; if the node lost its scripts, once more with their source.
-    async fn run_group(&self, calls: &[ScriptCall<'_>], indices: &[usize]) -> Result<Vec<i64>, CacheError> {
+    /// The pipelines `calls` go in, each with whether it ends waiting for a replica: on one Redis one
+    /// pipeline; on a cluster one per slot, or, for calls to be [`Replicated`](Confirm::Replicated), one
+    /// per master of the slot map (so that one `WAIT` per master covers them, instead of one per slot:
+    /// `WAIT` holds the connection it is sent on, which every call to that node shares), waiting where
+    /// the map shows the master with a replica or does not know the slot.
+    async fn groups(&self, calls: &[ScriptCall<'_>], confirm: Confirm) -> Vec<(Vec<usize>, bool)> {
+        let Self::Cluster(connection, owners) = self else {
+            return vec![((0..calls.len()).collect(), false)];
+        };
+        let slots: Vec<u16> = calls.iter().map(|call| slot(call.key.as_bytes())).collect();
+        let map = match confirm {
+            Confirm::Master => None,
+            Confirm::Replicated => Some(owners.current(connection, Some(SLOT_MAP_AGE)).await),
+        };
+        // A slot the map does not know goes alone, as with `Confirm::Master`.
+        let mut by_node: BTreeMap<(Option<&str>, u16), Vec<usize>> = BTreeMap::new();
+        for (index, &slot) in slots.iter().enumerate() {
+            let master = map.as_ref().and_then(|map| map.owner(slot));
+            let node = match master {
+                Some(master) => (Some(master), 0),
+                None => (None, slot),
+            };
+            by_node.entry(node).or_default().push(index);
+        }
+        by_node
+            .into_values()
+            .map(|group| {
+                let wait = map
+                    .as_ref()
+                    .is_some_and(|map| map.replicas(slots[group[0]]).is_none_or(|replicas| replicas > 0));
+                (group, wait)
+            })
+            .collect()
+    }
+
+    /// One pipeline of the calls at `indices`, ended by `WAIT 1` if `wait`; if the node lost its
+    /// scripts, once more with their source. On a cluster the pipeline goes to the master of its first
+    /// call's slot, as the cluster client knows it; a call to a key that master does not serve is
+    /// answered `MOVED`, and the client sends the pipeline again where it points.
+    async fn run_group(
+        &self,
+        calls: &[ScriptCall<'_>],
+        indices: &[usize],
+        wait: bool,
+    ) -> Result<Vec<i64>, CacheError> {
         let pipeline = |invoke: Invoke| {
             let mut pipeline = redis::pipe();
             for &index in indices {
                 pipeline.add_command(calls[index].command(invoke));
             }
+            if wait {
+                // WAIT counts the replicas that acknowledged everything this connection wrote so far,
+                // so it covers the calls before it.
+                pipeline.cmd("WAIT").arg(1).arg(REPLICA_WAIT.as_millis() as u64);
+            }
             pipeline
         };
-        let mut redis = self.clone();
-        match pipeline(Invoke::ByHash).query_async(&mut redis).await {
-            Ok(replies) => Ok(replies),
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                Ok(pipeline(Invoke::WithSource).query_async(&mut redis).await?)
+        let send = async |pipeline: Pipeline| -> redis::RedisResult<Vec<i64>> {
+            match self {
+                Self::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
+                Self::Cluster(connection, _) => {
+                    let route = Route::new(slot(calls[indices[0]].key.as_bytes()), SlotAddr::Master);
+                    let count = pipeline.len();
+                    let values = connection
+                        .clone()
+                        .route_pipeline(pipeline, 0, count, SingleNodeRoutingInfo::SpecificNode(route))
+                        .await?;
+                    // An error answer (NOSCRIPT) as the error it is, not as a reply that is no number.
+                    if let Some(error) = values.iter().find_map(|value| match value {
+                        Value::ServerError(error) => Some(error.clone()),
+                        _ => None,
+                    }) {
+                        return Err(error.into());
+                    }
+                    redis::from_redis_value(Value::Array(values)).map_err(Into::into)
+                }
             }
-            Err(error) => Err(error.into()),
+        };
+        let mut replies = match send(pipeline(Invoke::ByHash)).await {
+            Ok(replies) => replies,
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                send(pipeline(Invoke::WithSource)).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if wait && replies.pop().is_none_or(|replicas| replicas < 1) {
+            return Err(CacheError::NotReplicated {
+                writes: indices.len(),
+                within: REPLICA_WAIT,
+            });
         }
+        Ok(replies)
     }
 }
 
@@ -273,15 +377,15 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
-/// Which master serves which slots, as `CLUSTER SLOTS` last said. A stale map costs a read the slow
-/// way (see [`RedisConnection::get_many`]), never a wrong answer: the cluster client routes by its
-/// own map.
+/// Which master serves which slots, and with how many replicas, as `CLUSTER SLOTS` last said. A map
+/// that is out of date costs a read the slow way (see [`RedisConnection::get_many`]) or a write's wait
+/// for a replica that is not there (see [`RedisConnection::run_scripts`]), never a wrong answer: the
+/// cluster client routes by its own map.
 #[derive(Default)]
 pub struct SlotOwners {
-    /// The last map read (empty before the first); kept in use while it is stale and not read again.
+    /// The last map read (empty before the first); kept in use while it cannot be read again.
     map: RwLock<Arc<SlotMap>>,
-    /// When the map was last read, if it was since it went stale (or since the start): after a
-    /// failover every read finds it stale, and it is read again at most once a second.
+    /// When the map was last read.
     read_at: RwLock<Option<Instant>>,
     /// The map sent keys astray: read it again.
     stale: std::sync::atomic::AtomicBool,
@@ -289,19 +393,35 @@ pub struct SlotOwners {
     astray: AtomicU64,
 }
 
-/// Slot ranges, sorted, each with its master's `host:port`.
+/// How old a slot map a write that waits for replicas may go by. A replica that joins or fails shows
+/// in the map within this (nothing else would tell: a write not waited for cannot find the map wrong);
+/// one `CLUSTER SLOTS` a second costs the cluster nothing. Reads go by the map until it sends keys
+/// astray.
+pub const SLOT_MAP_AGE: Duration = Duration::from_secs(1);
+
+/// Slot ranges, sorted, each with its master's `host:port` and how many replicas it has.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct SlotMap(Vec<(u16, u16, String)>);
+pub struct SlotMap(Vec<(u16, u16, String, usize)>);
 
 impl SlotMap {
     /// The master of `slot`, if the map has one.
     pub fn owner(&self, slot: u16) -> Option<&str> {
+        self.range(slot).map(|(_, _, master, _)| master.as_str())
+    }
+
+    /// How many replicas the master of `slot` has (`CLUSTER SLOTS` leaves out those the cluster
+    /// marked failed), if the map has the slot.
+    pub fn replicas(&self, slot: u16) -> Option<usize> {
+        self.range(slot).map(|(_, _, _, replicas)| *replicas)
+    }
+
+    fn range(&self, slot: u16) -> Option<&(u16, u16, String, usize)> {
         let index = self
             .0
-            .partition_point(|(start, _, _)| *start <= slot)
+            .partition_point(|(start, ..)| *start <= slot)
             .checked_sub(1)?;
-        let (_, end, master) = &self.0[index];
-        (slot <= *end).then_some(master.as_str())
+        let range = &self.0[index];
+        (slot <= range.1).then_some(range)
     }
 
     /// From the answer to `CLUSTER SLOTS`: `[start, end, [host, port, id, ...], replicas...]` per range.
@@ -327,6 +447,7 @@ impl SlotMap {
                 u16::try_from(*start).ok()?,
                 u16::try_from(*end).ok()?,
                 format!("{host}:{port}"),
+                fields.len() - 3,
             ));
         }
         map.sort();
@@ -335,21 +456,22 @@ impl SlotMap {
 }
 
 impl SlotOwners {
-    /// The map; read again first if it is stale or was never read (at most once a second). While
-    /// it cannot be read, the last one serves (an empty one sends every key the slow way).
-    async fn current(&self, connection: &ClusterConnection) -> Arc<SlotMap> {
+    /// The map; read again first if it was never read, sent keys astray, or is older than `max_age`,
+    /// but at most once a second (after a failover every read finds it stale). While it cannot be
+    /// read, the last one serves (an empty one sends every key the slow way, and has every write wait
+    /// for a replica).
+    async fn current(&self, connection: &ClusterConnection, max_age: Option<Duration>) -> Arc<SlotMap> {
         let last = || self.map.read().map(|map| map.clone()).unwrap_or_default();
-        let never_read = self.read_at.read().map(|at| at.is_none()).unwrap_or(true);
-        let stale = self.stale.load(Ordering::Relaxed);
-        let recently = self
-            .read_at
-            .read()
-            .ok()
-            .and_then(|at| *at)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
-        if !(never_read || stale) || recently {
+        let age = self.read_at.read().ok().and_then(|at| *at).map(|at| at.elapsed());
+        let due = match age {
+            None => true,
+            Some(age) if age < Duration::from_secs(1) => false,
+            Some(age) => self.stale.load(Ordering::Relaxed) || max_age.is_some_and(|max| age >= max),
+        };
+        if !due {
             return last();
         }
+        // Marked read before the answer, so that the calls meanwhile do not all ask too.
         if let Ok(mut at) = self.read_at.write() {
             *at = Some(Instant::now());
         }
@@ -435,11 +557,16 @@ mod tests {
         assert_eq!(map.owner(5460), Some("127.0.0.1:7000"));
         assert_eq!(map.owner(5461), Some("127.0.0.1:7001"));
         assert_eq!(map.owner(16383), Some("redis-node-3:6379"));
-        let partial = SlotMap(vec![(100, 200, "a:1".into())]);
+        assert_eq!(
+            (map.replicas(0), map.replicas(5461), map.replicas(16383)),
+            (Some(0), Some(1), Some(0))
+        );
+        let partial = SlotMap(vec![(100, 200, "a:1".into(), 1)]);
         assert_eq!(
             (partial.owner(99), partial.owner(201), partial.owner(150)),
             (None, None, Some("a:1"))
         );
+        assert_eq!((partial.replicas(99), partial.replicas(150)), (None, Some(1)));
         assert_eq!(SlotMap::parse(&Value::Nil), None);
     }
 

@@ -52,7 +52,7 @@ mod scripts;
 use std::time::Duration;
 
 pub use breaker::CircuitBreaker;
-pub use connection::{RedisConnection, RedisTarget};
+pub use connection::{Confirm, RedisConnection, RedisTarget};
 pub use entry::{Cached, LEASE_PREFIX, Lease, decode, encode, key, version};
 pub use scripts::WriteOutcome;
 use scripts::{CacheScript, ScriptCall};
@@ -71,6 +71,9 @@ pub enum CacheError {
     Redis(#[from] redis::RedisError),
     #[error("redis answered {0} to a cache script")]
     UnexpectedReply(i64),
+    /// A master ran the writes, but no replica confirmed holding them: a failover could lose them.
+    #[error("no replica confirmed {writes} cache writes within {within:?}")]
+    NotReplicated { writes: usize, within: Duration },
     #[error("REDIS_URL names no Redis")]
     NoUrl,
     #[error("REDIS_URL: {url} is not a Redis URL")]
@@ -141,7 +144,8 @@ impl OrderCache {
                 self.lease.call(key(miss.id.get()), args)
             })
             .collect();
-        let granted = self.redis.run_scripts(&calls).await?;
+        // A lease lost with a master leaves its key absent on the replica that takes over: a miss.
+        let granted = self.redis.run_scripts(&calls, Confirm::Master).await?;
         Ok(granted
             .into_iter()
             .zip(leases)
@@ -151,15 +155,28 @@ impl OrderCache {
 
     /// Fills misses with what the database answered after their leases: each order lands on its own
     /// lease, or over an older entry.
+    ///
+    /// A fill is not waited for on a cluster: one lost with its master leaves the replica's copy of the
+    /// key as it was when the reader found it missing (its lease, or nothing), and the next reader fills
+    /// it again.
     pub async fn fill_many(&self, fills: &[(&pb::Order, &Lease)]) -> Result<Vec<WriteOutcome>, CacheError> {
-        self.write_many(fills.iter().map(|(order, lease)| (*order, lease.token())))
-            .await
+        self.write_many(
+            fills.iter().map(|(order, lease)| (*order, lease.token())),
+            Confirm::Master,
+        )
+        .await
     }
 
     /// The updater's write: each order replaces an older entry, revokes a pending lease, and leaves
     /// an absent key absent.
+    ///
+    /// On a cluster it succeeds only once a replica holds what it did (and what it found: the script
+    /// touches an entry it leaves in place, so the wait covers the writes of others before it), since
+    /// the updater acknowledges the events to Kafka after it: an update lost with its master would
+    /// leave the older entry for good.
     pub async fn update_many(&self, orders: &[pb::Order]) -> Result<Vec<WriteOutcome>, CacheError> {
-        self.write_many(orders.iter().map(|order| (order, ""))).await
+        self.write_many(orders.iter().map(|order| (order, "")), Confirm::Replicated)
+            .await
     }
 
     /// [`scripts::WRITE`] for each `(order, lease token)` (an empty token: the updater), in one round
@@ -167,6 +184,7 @@ impl OrderCache {
     async fn write_many<'a>(
         &self,
         writes: impl ExactSizeIterator<Item = (&'a pb::Order, &'a str)>,
+        confirm: Confirm,
     ) -> Result<Vec<WriteOutcome>, CacheError> {
         if writes.len() == 0 {
             return Ok(Vec::new());
@@ -183,7 +201,7 @@ impl OrderCache {
                 self.write.call(key(order.order_id), args)
             })
             .collect();
-        let replies = self.redis.run_scripts(&calls).await?;
+        let replies = self.redis.run_scripts(&calls, confirm).await?;
         replies
             .into_iter()
             .map(|reply| WriteOutcome::from_reply(reply).ok_or(CacheError::UnexpectedReply(reply)))

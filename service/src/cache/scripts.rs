@@ -23,7 +23,9 @@ return 0
 ///
 /// * absent key: nothing is written ([`WriteOutcome::Absent`]); whatever was there may have been newer;
 /// * the writer's own lease: written (a fill after a miss);
-/// * an entry of an older version: written; of this version or newer: [`WriteOutcome::Stale`];
+/// * an entry of an older version: written; of this version or newer: [`WriteOutcome::Stale`], and the
+///   updater renews its time to live: a write, so that a `WAIT` after it also covers the writes of
+///   others that put that entry there (see [`super::Confirm::Replicated`]);
 /// * another reader's lease, or something unreadable: a writer without a lease (the updater) deletes
 ///   it, so that the pending fill, which may hold an older version, cannot land
 ///   ([`WriteOutcome::Invalidated`]); a writer with a lease gives up ([`WriteOutcome::LeaseLost`]).
@@ -44,6 +46,9 @@ if cached then
   if cached < tonumber(ARGV[1]) then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
     return 1
+  end
+  if ARGV[4] == '' then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
   end
   return 0
 end

@@ -187,6 +187,79 @@ async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
     app.stop().await.expect("a clean stop");
 }
 
+/// The updater acknowledges an event to Kafka only once a replica holds its write: a master answers
+/// before its replica copied the write, and a failover to a replica without it would leave the older
+/// entry in the cache for good, its event already acknowledged.
+#[tokio::test]
+async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
+    let (stack, app) = cluster_app().await;
+    let ids = cached_orders(&app).await;
+    wait_until_handled(&app).await;
+
+    let replicas = stack.redis_replicas().await.expect("the cluster's replicas");
+    assert_eq!(replicas.len(), 3, "each master has a replica");
+    // Paused for less than the node timeout (2 s): the cluster still counts them as the masters'
+    // replicas (one paused longer is marked failed, and a master without a replica is not waited for).
+    let paused = Instant::now();
+    for replica in &replicas {
+        stack
+            .pause(Service::RedisNode(*replica))
+            .await
+            .expect("pause a replica");
+    }
+    app.set_status(ids[0], OrderStatus::Paid).await;
+    // The master has the update (the updater ran it)...
+    wait_until_all_cached(&app, &ids[..1], 2).await;
+    // ...and the group has not committed its event, past the commit interval (1 s).
+    tokio::time::sleep_until((paused + Duration::from_millis(1600)).into()).await;
+    assert_eq!(
+        lag(&app).await,
+        1,
+        "the event of an update no replica holds is not acknowledged"
+    );
+
+    for replica in &replicas {
+        stack
+            .resume(Service::RedisNode(*replica))
+            .await
+            .expect("resume a replica");
+    }
+    wait_until_handled(&app).await;
+    stack
+        .wait_redis_cluster_healthy()
+        .await
+        .expect("the replicas are back in sync");
+    app.stop().await.expect("a clean stop");
+}
+
+/// Events of the app's topic its updater group has not committed.
+async fn lag(app: &App) -> i64 {
+    let settings = app.env.settings.clone();
+    tokio::task::spawn_blocking(move || {
+        harness::lag::group_lag(
+            &settings.kafka_brokers,
+            &settings.updater_group,
+            &settings.orders_topic,
+        )
+    })
+    .await
+    .expect("the lag query runs")
+    .expect("the group's lag")
+}
+
+/// Waits until the updater group committed every event of the app's topic.
+async fn wait_until_handled(app: &App) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let lag = lag(app).await;
+        if lag == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{lag} events still not handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A batch read goes to each master in one pipeline, after the cluster's slot map: none of its keys
 /// takes the slow way (the cluster client's MGET, one command per slot) while the map is right. Once
 /// slots moved between masters (a reshard), the next read finds the map wrong for some keys, reads
