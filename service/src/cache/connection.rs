@@ -41,9 +41,10 @@
 //!   waiting would stop the updater for as long as it stays alone (a replica just promoted, until its
 //!   old master rejoins). Where the map is out of date (writes that wait read it again every
 //!   [`SLOT_MAP_AGE`]), a wait for a replica gone fails after [`REPLICA_WAIT`] and the caller retries.
-//!   Left open: the map and the cluster client's routing are learnt apart, so a write the client
-//!   still routes to a master the map already shows alone (a master paused until replaced, answering
-//!   for a moment on its return) is not waited for.
+//!   Left open: writes are not waited for while the map cannot be read at all; and the map and the
+//!   cluster client's routing are learnt apart, so a write the client still routes to a master the map
+//!   already shows alone (a master paused until replaced, answering for a moment on its return) is
+//!   not waited for.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -258,7 +259,7 @@ impl RedisConnection {
     /// pipeline; on a cluster one per slot, or, for calls to be [`Replicated`](Confirm::Replicated), one
     /// per master of the slot map (so that one `WAIT` per master covers them, instead of one per slot:
     /// `WAIT` holds the connection it is sent on, which every call to that node shares), waiting where
-    /// the map shows the master with a replica or does not know the slot.
+    /// the map shows the master with a replica.
     async fn groups(&self, calls: &[ScriptCall<'_>], confirm: Confirm) -> Vec<(Vec<usize>, bool)> {
         let Self::Cluster(connection, owners) = self else {
             return vec![((0..calls.len()).collect(), false)];
@@ -268,7 +269,8 @@ impl RedisConnection {
             Confirm::Master => None,
             Confirm::Replicated => Some(owners.current(connection, Some(SLOT_MAP_AGE)).await),
         };
-        // A slot the map does not know goes alone, as with `Confirm::Master`.
+        // Keyed (master, 0) where the map knows the slot's master, (None, slot) where it does not (or
+        // for calls that do not wait): those go per slot, as the cluster client routes them.
         let mut by_node: BTreeMap<(Option<&str>, u16), Vec<usize>> = BTreeMap::new();
         for (index, &slot) in slots.iter().enumerate() {
             let master = map.as_ref().and_then(|map| map.owner(slot));
@@ -281,9 +283,12 @@ impl RedisConnection {
         by_node
             .into_values()
             .map(|group| {
+                // Not where the map does not know the slot (it could not be read yet): a wait per slot
+                // is what jammed the connections (see the module documentation).
                 let wait = map
                     .as_ref()
-                    .is_some_and(|map| map.replicas(slots[group[0]]).is_none_or(|replicas| replicas > 0));
+                    .and_then(|map| map.replicas(slots[group[0]]))
+                    .is_some_and(|replicas| replicas > 0);
                 (group, wait)
             })
             .collect()
@@ -458,8 +463,8 @@ impl SlotMap {
 impl SlotOwners {
     /// The map; read again first if it was never read, sent keys astray, or is older than `max_age`,
     /// but at most once a second (after a failover every read finds it stale). While it cannot be
-    /// read, the last one serves (an empty one sends every key the slow way, and has every write wait
-    /// for a replica).
+    /// read, the last one serves (an empty one sends every key the slow way, and no write waits for a
+    /// replica).
     async fn current(&self, connection: &ClusterConnection, max_age: Option<Duration>) -> Arc<SlotMap> {
         let last = || self.map.read().map(|map| map.clone()).unwrap_or_default();
         let age = self.read_at.read().ok().and_then(|at| *at).map(|at| at.elapsed());

@@ -39,7 +39,9 @@
 //! restart starts empty.
 //!
 //! The cache runs on one Redis or on a Redis Cluster ([`connection`]): the scripts touch one key
-//! each, so they run wherever the key's slot lives.
+//! each, so they run wherever the key's slot lives. On a cluster the updater's writes count as done
+//! only once a replica holds them, which keeps a failover from taking the cache back to the entry an
+//! update replaced (see [`OrderCache::update_many`]).
 //!
 //! Redis is an optimisation, never a dependency: every call has a short response timeout, and callers
 //! treat an error as a miss.
