@@ -476,17 +476,22 @@ fn fills_under_leases_survive_the_key_loss_that_catches_the_fill_without_one() {
 
 #[test]
 fn the_checker_catches_offsets_stored_on_receipt() {
+    // Every order cached, then little traffic while Redis is paused. The events lost are those of the
+    // batch the updater holds when Redis stops answering (it takes no more until it writes that one):
+    // the loss shows only where the order had an entry, and where no later change of it, delivered
+    // after the restart, brought the entry up to date. Without both, 8 generated scenarios once all
+    // went uncaught in CI: the orders changed in the pause had no entry (the reports' "staleness during
+    // faults" had no samples) or converged.
+    let pause = (5u16..=20, any::<u64>()).prop_map(|(traffic, seed)| Step::Fault {
+        fault: Fault::RedisPause {
+            restart_updater: true,
+        },
+        traffic,
+        seed,
+    });
     assert_caught(
         Variant::StoreOnReceipt,
-        with_steps(
-            (
-                traffic(),
-                fault(Fault::RedisPause {
-                    restart_updater: true,
-                }),
-            )
-                .prop_map(|(a, b)| vec![a, b]),
-        ),
+        with_steps((traffic(), pause).prop_map(|(a, b)| vec![a, Step::ReadAll, b])),
     );
 }
 

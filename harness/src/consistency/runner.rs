@@ -91,6 +91,7 @@ pub async fn run(
             Step::Create { count } => workload.create(*count).await,
             Step::Traffic { count, clients, seed } => workload.traffic(*count, *clients, *seed).await,
             Step::Race { clients, seed } => workload.race(*clients, *seed).await,
+            Step::ReadAll => workload.read_all().await,
             Step::Fault { fault, traffic, seed } => {
                 let start = history.now();
                 let members_before = cluster.membership_changes();
@@ -160,7 +161,7 @@ fn floors(steps: &[Step], membership_steps: usize) -> Floors {
     let traffic = |step: &Step| match step {
         Step::Traffic { count, .. } => *count as usize,
         Step::Fault { traffic, .. } => *traffic as usize,
-        Step::Create { .. } | Step::Race { .. } => 0,
+        Step::Create { .. } | Step::Race { .. } | Step::ReadAll => 0,
     };
     let requested: usize = steps.iter().map(traffic).sum();
     let keys_kept: usize = steps

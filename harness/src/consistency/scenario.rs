@@ -22,6 +22,9 @@ pub enum Step {
     Traffic { count: u16, clients: u8, seed: u64 },
     /// `clients` clients race to change one order, all with the same `expected_version`.
     Race { clients: u8, seed: u64 },
+    /// One `GetOrders` of every order known so far: a miss fills its entry, so that every order is
+    /// cached before what follows.
+    ReadAll,
     /// A fault, with traffic while it lasts.
     Fault { fault: Fault, traffic: u16, seed: u64 },
 }
@@ -184,6 +187,7 @@ impl fmt::Display for Step {
                     "{clients} clients race on one order with one expected_version (seed {seed})"
                 )
             }
+            Self::ReadAll => write!(f, "read every order once"),
             Self::Fault { fault, traffic, seed } => {
                 let what = match fault {
                     Fault::AddUpdater => "add a cache-updater instance".to_string(),

@@ -173,6 +173,18 @@ impl Workload {
         }
     }
 
+    /// Reads every known order in one `GetOrders` (at most 1,000 ids, the RPC's bound, the newest).
+    pub async fn read_all(&self) {
+        let order_ids = self.with_known(|known| {
+            let mut ids: Vec<i64> = known.latest.keys().copied().collect();
+            ids.sort_unstable();
+            ids.split_off(ids.len().saturating_sub(1000))
+        });
+        if !order_ids.is_empty() {
+            self.call(0, Op::GetMany { order_ids }).await;
+        }
+    }
+
     /// Several clients change one order to its next status, all with the same expected version: at
     /// most one may win.
     pub async fn race(&self, clients: u8, seed: u64) {
