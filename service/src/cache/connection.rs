@@ -41,10 +41,12 @@
 //!   waiting would stop the updater for as long as it stays alone (a replica just promoted, until its
 //!   old master rejoins). Where the map is out of date (writes that wait read it again every
 //!   [`SLOT_MAP_AGE`]), a wait for a replica gone fails after [`REPLICA_WAIT`] and the caller retries.
-//!   Left open: writes are not waited for while the map cannot be read at all; and the map and the
-//!   cluster client's routing are learnt apart, so a write the client still routes to a master the map
-//!   already shows alone (a master paused until replaced, answering for a moment on its return) is
-//!   not waited for.
+//!   A pipeline that waits goes to the master the map names, not where the cluster client's own map
+//!   routes it: the two are learnt apart, and a master the client still routed to while the map
+//!   showed its successor alone (a master paused until replaced, answering for a moment on its
+//!   return) would take writes no wait covered. Where the map names a node that is no master any
+//!   more, the node answers `MOVED` and the wait fails or the client follows it. Left open: writes
+//!   are not waited for while the map cannot be read at all (before it is first read).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,13 +244,11 @@ impl RedisConnection {
             return Ok(Vec::new());
         }
         let groups = self.groups(calls, confirm).await;
-        let runs = groups
-            .iter()
-            .map(|(group, wait)| self.run_group(calls, group, *wait));
+        let runs = groups.iter().map(|group| self.run_group(calls, group));
         let answers = futures::future::try_join_all(runs).await?;
         let mut replies = vec![0; calls.len()];
-        for ((group, _), answers) in groups.iter().zip(answers) {
-            for (&index, reply) in group.iter().zip(answers) {
+        for (group, answers) in groups.iter().zip(answers) {
+            for (&index, reply) in group.calls.iter().zip(answers) {
                 replies[index] = reply;
             }
         }
@@ -260,9 +260,12 @@ impl RedisConnection {
     /// per master of the slot map (so that one `WAIT` per master covers them, instead of one per slot:
     /// `WAIT` holds the connection it is sent on, which every call to that node shares), waiting where
     /// the map shows the master with a replica.
-    async fn groups(&self, calls: &[ScriptCall<'_>], confirm: Confirm) -> Vec<(Vec<usize>, bool)> {
+    async fn groups(&self, calls: &[ScriptCall<'_>], confirm: Confirm) -> Vec<Group> {
         let Self::Cluster(connection, owners) = self else {
-            return vec![((0..calls.len()).collect(), false)];
+            return vec![Group {
+                calls: (0..calls.len()).collect(),
+                wait: None,
+            }];
         };
         let slots: Vec<u16> = calls.iter().map(|call| slot(call.key.as_bytes())).collect();
         let map = match confirm {
@@ -281,29 +284,28 @@ impl RedisConnection {
             by_node.entry(node).or_default().push(index);
         }
         by_node
-            .into_values()
-            .map(|group| {
+            .into_iter()
+            .map(|((master, _), calls)| {
                 // Not where the map does not know the slot (it could not be read yet): a wait per slot
                 // is what jammed the connections (see the module documentation).
-                let wait = map
+                let replicated = map
                     .as_ref()
-                    .and_then(|map| map.replicas(slots[group[0]]))
+                    .and_then(|map| map.replicas(slots[calls[0]]))
                     .is_some_and(|replicas| replicas > 0);
-                (group, wait)
+                let wait = master.filter(|_| replicated).map(str::to_string);
+                Group { calls, wait }
             })
             .collect()
     }
 
-    /// One pipeline of the calls at `indices`, ended by `WAIT 1` if `wait`; if the node lost its
-    /// scripts, once more with their source. On a cluster the pipeline goes to the master of its first
-    /// call's slot, as the cluster client knows it; a call to a key that master does not serve is
+    /// One pipeline of the group's calls, ended by `WAIT 1` if it waits; if the node lost its scripts,
+    /// once more with their source. On a cluster a pipeline that waits goes to the master the slot map
+    /// names, the one whose replica count decided the wait; one that does not, to the master of its
+    /// first call's slot as the cluster client knows it. A call to a key that node does not serve is
     /// answered `MOVED`, and the client sends the pipeline again where it points.
-    async fn run_group(
-        &self,
-        calls: &[ScriptCall<'_>],
-        indices: &[usize],
-        wait: bool,
-    ) -> Result<Vec<i64>, CacheError> {
+    async fn run_group(&self, calls: &[ScriptCall<'_>], group: &Group) -> Result<Vec<i64>, CacheError> {
+        let indices = &group.calls;
+        let wait = group.wait.is_some();
         let pipeline = |invoke: Invoke| {
             let mut pipeline = redis::pipe();
             for &index in indices {
@@ -320,12 +322,22 @@ impl RedisConnection {
             match self {
                 Self::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
                 Self::Cluster(connection, _) => {
-                    let route = Route::new(slot(calls[indices[0]].key.as_bytes()), SlotAddr::Master);
+                    let route = match group.wait.as_deref().and_then(|master| master.rsplit_once(':')) {
+                        // By the map's address, not the client's routing: the two are learnt apart,
+                        // and a master the client still routes to while the map shows its successor
+                        // alone (one paused until replaced, answering for a moment on its return)
+                        // would take writes that no wait covers, and lose them when it rejoins.
+                        Some((host, port)) => SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_string(),
+                            port: port.parse().unwrap_or_default(),
+                        },
+                        None => SingleNodeRoutingInfo::SpecificNode(Route::new(
+                            slot(calls[indices[0]].key.as_bytes()),
+                            SlotAddr::Master,
+                        )),
+                    };
                     let count = pipeline.len();
-                    let values = connection
-                        .clone()
-                        .route_pipeline(pipeline, 0, count, SingleNodeRoutingInfo::SpecificNode(route))
-                        .await?;
+                    let values = connection.clone().route_pipeline(pipeline, 0, count, route).await?;
                     // An error answer (NOSCRIPT) as the error it is, not as a reply that is no number.
                     if let Some(error) = values.iter().find_map(|value| match value {
                         Value::ServerError(error) => Some(error.clone()),
@@ -382,10 +394,19 @@ impl ConnectionLike for RedisConnection {
     }
 }
 
+/// Script calls that go as one pipeline.
+struct Group {
+    /// Indices into the calls.
+    calls: Vec<usize>,
+    /// The `host:port` of the master the pipeline goes to and waits for a replica of, as the slot map
+    /// has it; `None` for a pipeline that does not wait.
+    wait: Option<String>,
+}
+
 /// Which master serves which slots, and with how many replicas, as `CLUSTER SLOTS` last said. A map
 /// that is out of date costs a read the slow way (see [`RedisConnection::get_many`]) or a write's wait
-/// for a replica that is not there (see [`RedisConnection::run_scripts`]), never a wrong answer: the
-/// cluster client routes by its own map.
+/// for a replica that is not there (see [`RedisConnection::run_scripts`]), never a wrong answer: a
+/// node the map names wrongly answers `MOVED`.
 #[derive(Default)]
 pub struct SlotOwners {
     /// The last map read (empty before the first); kept in use while it cannot be read again.
