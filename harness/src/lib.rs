@@ -1,6 +1,7 @@
 //! The test harness of the orders cache: real PostgreSQL, Redis and Kafka for tests and tools
 //! ([`stack`]), the one test support of the workspace ([`app`]: the service on a stack in one call;
-//! [`client`]: one method per RPC; [`inspect`]: what Redis really holds; [`stats`]: percentiles), the
+//! [`client`]: one method per RPC; [`inspect`]: what Redis really holds; [`metrics`]: what the service reports; [`stats`]:
+//! percentiles), the
 //! service's nodes with their broken variants ([`node`]), and the consistency checks ([`consistency`]).
 
 pub mod app;
@@ -8,6 +9,7 @@ pub mod client;
 pub mod consistency;
 pub mod inspect;
 pub mod lag;
+pub mod metrics;
 pub mod node;
 pub mod stack;
 pub mod stats;

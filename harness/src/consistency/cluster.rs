@@ -15,11 +15,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::scenario::Assignment;
 use super::workload::Mix;
 use crate::client::OrdersClient;
+use crate::metrics::{samples, scrape};
 use crate::node::Variant;
 use crate::stack::process::{Launch, ManagedProcess};
 use crate::stack::{Stack, StackError};
@@ -239,12 +238,9 @@ async fn assignments(metrics: SocketAddr) -> BTreeMap<i32, usize> {
     let Ok(Ok(page)) = tokio::time::timeout(Duration::from_secs(2), scrape(metrics)).await else {
         return BTreeMap::new();
     };
-    page.lines()
-        .filter_map(|line| line.strip_prefix("orders_updater_partitions_assigned_total{partition=\""))
-        .filter_map(|rest| {
-            let (partition, rest) = rest.split_once("\"} ")?;
-            Some((partition.parse().ok()?, rest.trim().parse::<f64>().ok()? as usize))
-        })
+    samples(&page, "orders_updater_partitions_assigned_total")
+        .into_iter()
+        .filter_map(|sample| Some((sample.label("partition")?.parse().ok()?, sample.value as usize)))
         .collect()
 }
 
@@ -252,15 +248,4 @@ fn add(total: &mut BTreeMap<i32, usize>, more: BTreeMap<i32, usize>) {
     for (partition, count) in more {
         *total.entry(partition).or_default() += count;
     }
-}
-
-/// `GET /metrics`, the body as text.
-async fn scrape(address: SocketAddr) -> std::io::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut page = String::new();
-    stream.read_to_string(&mut page).await?;
-    Ok(page)
 }

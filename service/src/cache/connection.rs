@@ -337,7 +337,10 @@ impl RedisConnection {
                         )),
                     };
                     let count = pipeline.len();
-                    let values = connection.clone().route_pipeline(pipeline, 0, count, route).await?;
+                    let values = connection
+                        .clone()
+                        .route_pipeline(pipeline, 0, count, route)
+                        .await?;
                     // An error answer (NOSCRIPT) as the error it is, not as a reply that is no number.
                     if let Some(error) = values.iter().find_map(|value| match value {
                         Value::ServerError(error) => Some(error.clone()),
