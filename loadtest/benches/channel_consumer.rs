@@ -5,7 +5,9 @@
 //! whole topic with a new consumer group (so it reads from the start), with one of:
 //!
 //! * `ChannelConsumer`: `consume_size` 1000, read as batches through `chunks_timeout(1000, 10 ms)`,
-//!   `handle()` on every message (values deserialized as `Vec<u8>`, as a user gets them);
+//!   `handle()` on every message, each value handed out as an owned `Bytes` (its default
+//!   deserializer for `Bytes`, which copies values into shared chunks; `BENCH_CHANNEL_VALUE=vec` for a
+//!   `Vec<u8>` each);
 //! * `BaseConsumer`: rdkafka's plain poll loop, one `poll()` per message, storing each offset;
 //! * `StreamConsumer`: rdkafka's async consumer, one `recv().await` per message, storing each offset;
 //! * `kcat`: librdkafka's own command-line consumer (Debian's, on Debian's librdkafka), in a group,
@@ -48,10 +50,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use service::kafka::{ChannelConsumer, Ignore, RawBytes};
+use service::kafka::{ChannelConsumer, Deserializer, Ignore, RawBytes, SharedBytes};
 use tokio_stream::StreamExt;
 
 const MESSAGE_BYTES: usize = 100;
+/// The partition counts, unless `BENCH_PARTITIONS` (e.g. `12` or `3,12`) names some of them.
 const PARTITIONS: [i32; 3] = [1, 3, 12];
 /// `consume_size` and the `chunks_timeout` batch size, unless `BENCH_CONSUME_SIZE` says otherwise.
 const CONSUME_SIZE: u64 = 1000;
@@ -112,7 +115,7 @@ fn main() {
         must("starting the local stack", Stack::start(options).await)
     });
     let brokers = stack.kafka_brokers().to_owned();
-    for partitions in PARTITIONS {
+    for partitions in partition_counts() {
         let topic = topic_name(partitions);
         runtime.block_on(async { must("creating a topic", stack.create_topic(&topic, partitions).await) });
         let started = Instant::now();
@@ -137,7 +140,7 @@ fn main() {
         elements: messages,
         bytes: messages * MESSAGE_BYTES as u64,
     });
-    for partitions in PARTITIONS {
+    for partitions in partition_counts() {
         let topic = topic_name(partitions);
         for reader in Reader::ALL {
             let id = BenchmarkId::new(reader.name(), partitions);
@@ -165,6 +168,35 @@ fn main() {
         consume_size,
     ));
     criterion.final_summary();
+}
+
+/// `BENCH_PARTITIONS`, or all of [`PARTITIONS`].
+fn partition_counts() -> Vec<i32> {
+    let Ok(text) = std::env::var("BENCH_PARTITIONS") else {
+        return PARTITIONS.to_vec();
+    };
+    text.split(',')
+        .map(|count| match count.trim().parse() {
+            Ok(count) if PARTITIONS.contains(&count) => count,
+            _ => panic!("BENCH_PARTITIONS={text:?}: expected some of {PARTITIONS:?}, comma-separated"),
+        })
+        .collect()
+}
+
+/// What `ChannelConsumer` hands out as the value: `Bytes` (its default deserializer, which copies
+/// values into shared chunks), or with `BENCH_CHANNEL_VALUE=vec` a `Vec<u8>` a message.
+fn channel_value() -> ChannelValue {
+    match std::env::var("BENCH_CHANNEL_VALUE").as_deref() {
+        Err(_) | Ok("bytes") => ChannelValue::Bytes,
+        Ok("vec") => ChannelValue::Vec,
+        Ok(other) => panic!("BENCH_CHANNEL_VALUE={other:?}: expected bytes or vec"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChannelValue {
+    Bytes,
+    Vec,
 }
 
 fn topic_name(partitions: i32) -> String {
@@ -271,7 +303,18 @@ fn drain(
     consume_size: usize,
 ) -> Duration {
     match reader {
-        Reader::Channel => runtime.block_on(drain_channel(brokers, topic, messages, consume_size)),
+        Reader::Channel => match channel_value() {
+            ChannelValue::Bytes => runtime.block_on(drain_channel(
+                brokers,
+                topic,
+                messages,
+                consume_size,
+                SharedBytes::default(),
+            )),
+            ChannelValue::Vec => {
+                runtime.block_on(drain_channel(brokers, topic, messages, consume_size, RawBytes))
+            }
+        },
         Reader::Base => drain_base(brokers, topic, messages),
         Reader::Stream => runtime.block_on(drain_stream(brokers, topic, messages)),
         Reader::Kcat => drain_kcat(brokers, topic, messages),
@@ -284,13 +327,19 @@ fn scaled(elapsed: Duration, total: u64, first: u64) -> Duration {
     elapsed.mul_f64(total as f64 / (total - first.min(total - 1)) as f64)
 }
 
-async fn drain_channel(brokers: &str, topic: &str, total: u64, consume_size: usize) -> Duration {
+async fn drain_channel<V: AsRef<[u8]> + Send + 'static>(
+    brokers: &str,
+    topic: &str,
+    total: u64,
+    consume_size: usize,
+    values: impl Deserializer<V> + 'static,
+) -> Duration {
     let consumer = must(
         "ChannelConsumer",
-        ChannelConsumer::<(), Vec<u8>>::builder(consumer_config(brokers), topic)
+        ChannelConsumer::<(), V>::builder(consumer_config(brokers), topic)
             .consume_size(consume_size)
             .key_deserializer(Ignore)
-            .value_deserializer(RawBytes)
+            .value_deserializer(values)
             .build(),
     );
     let control = consumer.control();
@@ -305,7 +354,7 @@ async fn drain_channel(brokers: &str, topic: &str, total: u64, consume_size: usi
         let size = batch.len() as u64;
         for item in batch {
             let message = must("ChannelConsumer item", item);
-            black_box(message.value().len());
+            black_box(message.value().as_ref().len());
             message.handle();
         }
         if first.is_none() {
@@ -486,7 +535,7 @@ fn print_summary(tally: &Tally, messages: u64) {
         print!(" vs {} |", anchor.name());
     }
     println!("\n|---|---|---|---|---|{}", "---|".repeat(Reader::ALL.len() - 1));
-    for partitions in PARTITIONS {
+    for partitions in partition_counts() {
         let rate = |reader: Reader| tally.median(&format!("{}/{partitions}", reader.name()));
         for reader in Reader::ALL {
             let Some((median, drains)) = rate(reader) else {
@@ -520,7 +569,7 @@ fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64
         print!(" ChannelConsumer / {} |", anchor.name());
     }
     println!("\n|---|{}", "---|".repeat(Reader::ALL.len() - 1));
-    for partitions in PARTITIONS {
+    for partitions in partition_counts() {
         let topic = topic_name(partitions);
         let mut ratios = vec![Vec::new(); Reader::ALL.len()];
         for round in 0..rounds {

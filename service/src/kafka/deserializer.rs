@@ -2,7 +2,8 @@
 //!
 //! [`Deserializer`] mirrors Confluent.Kafka's `IDeserializer<T>`, and so do the defaults that
 //! `ChannelConsumer::new` picks when it is given `None`: `i64` and `i32` big-endian, `String` UTF-8,
-//! `Vec<u8>` as is, `()` ignoring the bytes. [`Protobuf`] reads any prost message (the cache updater reads
+//! `Vec<u8>` as is, `Bytes` as is without an allocation each ([`SharedBytes`]), `()` ignoring
+//! the bytes. [`Protobuf`] reads any prost message (the cache updater reads
 //! `OrderEvent`s with it).
 //!
 //! The defaults are found at run time by [`TypeId`], because Rust has no specialization to find them at
@@ -11,7 +12,10 @@
 //! before it ever connects.
 
 use std::any::{Any, TypeId};
+use std::cell::RefCell;
 use std::marker::PhantomData;
+
+use bytes::{Bytes, BytesMut};
 
 use super::error::DeserializeError;
 
@@ -73,6 +77,36 @@ impl Deserializer<Vec<u8>> for RawBytes {
     }
 }
 
+/// [`Bytes`]: the bytes as they are, without an allocation each. The values are copied one after the
+/// other into chunks of [`SHARED_CHUNK`] bytes, and each message's [`Bytes`] is its part of a chunk;
+/// a chunk is freed when the last of its values is dropped.
+///
+/// Why: a `Vec<u8>` a message is an allocation on the poll thread and a free on the reader's, and
+/// allocators pay for frees from another thread (glibc's takes the lock of the arena the memory came
+/// from, which the poll thread is allocating from). With 100-byte values that was about a quarter of
+/// the poll thread's time (docs/BENCHMARKS.md, section 1). The cost: a value kept long keeps its whole
+/// chunk; copy it (`to_vec()`) to keep it.
+#[derive(Debug, Default)]
+pub struct SharedBytes {
+    /// The chunk being filled: what was handed out is split off it, the rest is room.
+    chunk: RefCell<BytesMut>,
+}
+
+/// The size of the chunks [`SharedBytes`] copies values into (a larger value gets a chunk its size).
+pub const SHARED_CHUNK: usize = 64 * 1024;
+
+impl Deserializer<Bytes> for SharedBytes {
+    fn deserialize(&self, data: Option<&[u8]>) -> Result<Bytes, DeserializeError> {
+        let data = data.ok_or(DeserializeError::Null)?;
+        let mut chunk = self.chunk.borrow_mut();
+        if chunk.capacity() - chunk.len() < data.len() {
+            *chunk = BytesMut::with_capacity(SHARED_CHUNK.max(data.len()));
+        }
+        chunk.extend_from_slice(data);
+        Ok(chunk.split().freeze())
+    }
+}
+
 /// `()`: ignores the bytes, null or not (for keys nobody reads).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ignore;
@@ -128,6 +162,8 @@ pub fn default_deserializer<T: 'static>() -> Option<Box<dyn Deserializer<T>>> {
         boxed(Utf8)
     } else if wanted == TypeId::of::<Vec<u8>>() {
         boxed(RawBytes)
+    } else if wanted == TypeId::of::<Bytes>() {
+        boxed(SharedBytes::default())
     } else if wanted == TypeId::of::<()>() {
         boxed(Ignore)
     } else {
@@ -209,6 +245,25 @@ mod tests {
         );
         assert!(default_of::<()>().deserialize(None).is_ok());
         assert!(default_of::<()>().deserialize(Some(&[0xff])).is_ok());
+    }
+
+    #[test]
+    fn shared_bytes_are_each_value_as_is_and_share_chunks() {
+        let shared = default_of::<Bytes>();
+        let values: Vec<Bytes> = (0..100u8)
+            .map(|n| shared.deserialize(Some(&[n; 1000])).expect("bytes"))
+            .collect();
+        for (n, value) in values.iter().enumerate() {
+            assert_eq!(value.as_ref(), &[n as u8; 1000][..], "value {n}");
+        }
+        // 65 values of 1000 bytes fill a chunk of 64 KiB: the first 65 are one allocation.
+        let start = |value: &Bytes| value.as_ptr() as usize;
+        assert_eq!(start(&values[64]) - start(&values[0]), 64 * 1000);
+        assert_ne!(start(&values[65]), start(&values[64]) + 1000, "a new chunk");
+        let large = shared.deserialize(Some(&[7; 100_000])).expect("bytes");
+        assert_eq!(large.len(), 100_000);
+        assert!(matches!(shared.deserialize(None), Err(DeserializeError::Null)));
+        assert!(shared.deserialize(Some(&[])).expect("empty").is_empty());
     }
 
     #[test]

@@ -145,7 +145,8 @@ mod read_policy;
 
 pub use channel_consumer::{ChannelConsumer, ChannelConsumerBuilder, ConsumerControl, DEFAULT_CLOSE_TIMEOUT};
 pub use deserializer::{
-    BigEndianI32, BigEndianI64, Deserializer, Ignore, Protobuf, RawBytes, Utf8, default_deserializer,
+    BigEndianI32, BigEndianI64, Deserializer, Ignore, Protobuf, RawBytes, SHARED_CHUNK, SharedBytes, Utf8,
+    default_deserializer,
 };
 pub use error::{ConsumerError, DeserializeError, MessagePart};
 pub use message::{KafkaMessage, MessageReceipt, UndecodableMessage};
