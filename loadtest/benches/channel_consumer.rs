@@ -557,45 +557,57 @@ fn print_summary(tally: &Tally, messages: u64) {
 /// The ratios again, from drains taken in rounds: each round drains a topic with every reader one right
 /// after the other, so that the ratios of a round compare drains seconds apart, not the minutes between
 /// two criterion benchmarks, over which this machine's speed shifts. The order rotates from round to
-/// round so that no reader always comes first. `BENCH_PAIRED_ROUNDS` rounds per topic (default 3).
+/// round so that no reader always comes first. `BENCH_PAIRED_ROUNDS` rounds per topic (default 3);
+/// `BENCH_ROUND_READERS` (e.g. `BaseConsumer`, comma-separated) limits the anchors, for profiling.
 fn paired_rounds(runtime: &tokio::runtime::Runtime, brokers: &str, messages: u64, consume_size: usize) {
     let rounds = env_number("BENCH_PAIRED_ROUNDS", 3) as usize;
+    let readers = round_readers();
     println!(
         "\nchannel_consumer: {rounds} rounds of every reader back to back, {messages} messages each; \
-         ChannelConsumer's rate over each other's: median (min-max)"
+         ChannelConsumer's rate, and its rate over each other's: median (min-max)"
     );
-    print!("| partitions |");
-    for anchor in &Reader::ALL[1..] {
+    print!("| partitions | ChannelConsumer, messages/s |");
+    for anchor in &readers[1..] {
         print!(" ChannelConsumer / {} |", anchor.name());
     }
-    println!("\n|---|{}", "---|".repeat(Reader::ALL.len() - 1));
+    println!("\n|---|---|{}", "---|".repeat(readers.len() - 1));
     for partitions in partition_counts() {
         let topic = topic_name(partitions);
-        let mut ratios = vec![Vec::new(); Reader::ALL.len()];
+        let mut ratios = vec![Vec::new(); readers.len()];
         for round in 0..rounds {
-            let mut rates = [0.0; Reader::ALL.len()];
-            for turn in 0..Reader::ALL.len() {
-                let index = (round + turn) % Reader::ALL.len();
-                let elapsed = drain(
-                    runtime,
-                    Reader::ALL[index],
-                    brokers,
-                    &topic,
-                    messages,
-                    consume_size,
-                );
+            let mut rates = vec![0.0; readers.len()];
+            for turn in 0..readers.len() {
+                let index = (round + turn) % readers.len();
+                let elapsed = drain(runtime, readers[index], brokers, &topic, messages, consume_size);
                 rates[index] = messages as f64 / elapsed.as_secs_f64().max(1e-9);
             }
+            ratios[0].push(rates[0]);
             for (index, rate) in rates.iter().enumerate().skip(1) {
                 ratios[index].push(rates[0] / rate);
             }
         }
-        print!("| {partitions} |");
+        ratios[0].sort_by(f64::total_cmp);
+        print!("| {partitions} | {:.0} |", ratios[0][ratios[0].len() / 2]);
         for ratios in ratios.iter_mut().skip(1) {
             print!(" {} |", spread(ratios));
         }
         println!();
     }
+}
+
+/// `ChannelConsumer` first, then the anchors `BENCH_ROUND_READERS` names, or all of them.
+fn round_readers() -> Vec<Reader> {
+    let Ok(text) = std::env::var("BENCH_ROUND_READERS") else {
+        return Reader::ALL.to_vec();
+    };
+    let mut readers = vec![Reader::Channel];
+    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        match Reader::ALL[1..].iter().find(|reader| reader.name() == name) {
+            Some(reader) => readers.push(*reader),
+            None => panic!("BENCH_ROUND_READERS={text:?}: {name} is none of the anchors"),
+        }
+    }
+    readers
 }
 
 /// "median (min-max)" of ratios.

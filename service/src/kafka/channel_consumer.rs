@@ -31,7 +31,7 @@ use tracing::warn;
 
 use super::acknowledgement::{Inbox, Request};
 use super::context::{ChannelContext, PollState, PolledConsumer};
-use super::delivery_buffer::DeliveryBuffer;
+use super::delivery_buffer::{DeliveryBuffer, TAKE_AT_ONCE, Taken};
 use super::deserializer::{Deserializer, default_deserializer};
 use super::doorbell::Doorbell;
 use super::error::{ConsumerError, MessagePart};
@@ -54,6 +54,8 @@ pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 #[must_use = "a consumer does nothing unless its stream is read; dropping it leaves the group"]
 pub struct ChannelConsumer<K, V> {
     buffer: Arc<DeliveryBuffer<Item<K, V>>>,
+    /// What the stream took from the buffer and has not handed out yet (`delivery_buffer`).
+    taken: Taken<Item<K, V>>,
     control: ConsumerControl,
     poll_thread: Option<JoinHandle<()>>,
 }
@@ -148,9 +150,13 @@ impl<K, V> Stream for ChannelConsumer<K, V> {
     type Item = Item<K, V>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.buffer.poll_take(cx)
+        let this = self.get_mut();
+        this.buffer.poll_take(cx, &mut this.taken)
     }
 }
+
+// Nothing in the consumer is pinned: the stream moves its items by value.
+impl<K, V> Unpin for ChannelConsumer<K, V> {}
 
 impl<K, V> Drop for ChannelConsumer<K, V> {
     /// Closes the consumer: commits what was handled and leaves the group, like [`close`](Self::close),
@@ -320,7 +326,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         let topic: Arc<str> = Arc::from(self.topic.as_str());
         // The poll thread's one place to wait: librdkafka's queues and the reader ring it.
         let doorbell = Arc::new(Doorbell::default());
-        let buffer = Arc::new(DeliveryBuffer::new(doorbell.clone()));
+        let buffer = Arc::new(DeliveryBuffer::new(doorbell.clone(), TAKE_AT_ONCE));
         let (requests, requests_received) = mpsc::channel();
         let progress = Arc::new(Mutex::new(ConsumerProgress::default()));
         let inbox = Arc::new(Inbox::default());
@@ -364,6 +370,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             .map_err(ConsumerError::Thread)?;
         Ok(ChannelConsumer {
             buffer,
+            taken: Taken::default(),
             control: ConsumerControl {
                 requests,
                 close_timeout: self.close_timeout,

@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn a_position_moved_back_drops_the_partitions_buffered_messages_of_the_old_position() {
         let mut offsets = OffsetTracker::default();
-        let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new(Arc::default());
+        let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new(Arc::default(), 1);
         offsets.assign(0);
         offsets.assign(1);
         let now = Instant::now();
