@@ -29,7 +29,7 @@ use rdkafka::consumer::Consumer;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::acknowledgement::{Inbox, Request};
+use super::acknowledgement::Request;
 use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::{DeliveryBuffer, TAKE_AT_ONCE, Taken};
 use super::deserializer::{Deserializer, default_deserializer};
@@ -329,8 +329,7 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
         let buffer = Arc::new(DeliveryBuffer::new(doorbell.clone(), TAKE_AT_ONCE));
         let (requests, requests_received) = mpsc::channel();
         let progress = Arc::new(Mutex::new(ConsumerProgress::default()));
-        let inbox = Arc::new(Inbox::default());
-        let state = PollState::new(OffsetTracker::default(), requests_received, inbox.clone());
+        let state = PollState::new(OffsetTracker::default(), requests_received, topic.clone());
         let context = ChannelContext::new(topic.clone(), state, buffer.clone(), doorbell.clone());
         let consumer =
             PolledConsumer::from_config_and_context(&config, context).map_err(ConsumerError::Client)?;
@@ -349,7 +348,6 @@ impl<K: Send + 'static, V: Send + 'static> ChannelConsumerBuilder<K, V> {
             consume_size: self.consume_size,
             key_deserializer,
             value_deserializer,
-            inbox,
             progress: Mutex::new(ProgressReporter::new(
                 topic.clone(),
                 self.stuck_after,

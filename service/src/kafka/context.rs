@@ -27,7 +27,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
-use super::acknowledgement::{Handled, Inbox, Request};
+use super::acknowledgement::{Acknowledgements, Request};
 use super::delivery_buffer::DeliveryBuffer;
 use super::doorbell::Doorbell;
 use super::fetch_queues::FetchQueues;
@@ -43,10 +43,8 @@ pub(crate) struct PollState {
     pub offsets: OffsetTracker,
     /// Commands from the stream side, in the order they were sent.
     requests: Receiver<Request>,
-    /// Acknowledgements from `handle()`.
-    inbox: Arc<Inbox>,
-    /// The inbox's last contents, kept for their capacity.
-    handled: Vec<Handled>,
+    /// Acknowledgements from `handle()`, and the batches they are for.
+    pub acknowledgements: Acknowledgements,
     /// Commands read while draining acknowledgements in a callback, for the poll loop to carry out.
     deferred: Vec<Request>,
     /// Partitions with messages waiting that back-pressure kept from being read in the last turn
@@ -55,12 +53,11 @@ pub(crate) struct PollState {
 }
 
 impl PollState {
-    pub fn new(offsets: OffsetTracker, requests: Receiver<Request>, inbox: Arc<Inbox>) -> Self {
+    pub fn new(offsets: OffsetTracker, requests: Receiver<Request>, topic: Arc<str>) -> Self {
         Self {
             offsets,
             requests,
-            inbox,
-            handled: Vec::new(),
+            acknowledgements: Acknowledgements::new(topic),
             deferred: Vec::new(),
             held_back: BTreeSet::new(),
         }
@@ -72,10 +69,16 @@ impl PollState {
         while let Ok(command) = self.requests.try_recv() {
             self.deferred.push(command);
         }
-        self.inbox.take(&mut self.handled);
-        for &handled in &self.handled {
-            self.offsets.handle(handled);
-        }
+        let offsets = &mut self.offsets;
+        self.acknowledgements.collect(|handled| offsets.handle(handled));
+    }
+
+    /// Forgets the messages of partitions (or positions) no longer current: their acknowledgements
+    /// cannot matter any more.
+    pub fn forget_stale_acknowledgements(&mut self) {
+        let offsets = &self.offsets;
+        self.acknowledgements
+            .forget(|handled| !offsets.is_current(handled.partition, handled.epoch));
     }
 
     pub fn take_commands(&mut self) -> Vec<Request> {
@@ -177,6 +180,7 @@ impl<T: Send + 'static> ChannelContext<T> {
             state.held_back.remove(partition);
             queues.remove(*partition);
         }
+        state.forget_stale_acknowledgements();
     }
 
     /// Before librdkafka starts fetching the new partitions: their fetch queues, split off the main
@@ -207,6 +211,7 @@ impl<T: Send + 'static> ChannelContext<T> {
         // librdkafka unassigns everything after a rebalance error; what we hold is no longer ours.
         let mut state = self.state();
         state.offsets.revoke_all();
+        state.forget_stale_acknowledgements();
         state.held_back.clear();
         self.buffer.clear();
         self.queues().remove_all();

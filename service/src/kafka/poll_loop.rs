@@ -33,7 +33,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::acknowledgement::{Acknowledgement, BatchShared, Inbox, Request};
+use super::acknowledgement::{Acknowledgement, Acknowledgements, Handled, Request};
 use super::context::{ChannelContext, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
@@ -63,8 +63,6 @@ pub(crate) struct PollLoop<K: Send + 'static, V: Send + 'static> {
     pub consume_size: usize,
     pub key_deserializer: Box<dyn Deserializer<K>>,
     pub value_deserializer: Box<dyn Deserializer<V>>,
-    /// Shared by every batch, for its messages to acknowledge themselves.
-    pub inbox: Arc<Inbox>,
     /// A mutex only because the loop's steps take `&self`: the poll thread alone uses it.
     pub progress: Mutex<ProgressReporter>,
     /// Rung by librdkafka when any of the consumer's queues gets something (`fetch_queues`).
@@ -166,19 +164,29 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     fn read_batch(&self) -> Result<(), KafkaError> {
         // Reset before anything is looked at: what arrives from here on rings.
         self.doorbell.reset();
-        let shared = BatchShared::new(self.inbox.clone(), self.topic.clone());
         // One clock reading for the batch: what `progress` needs is seconds, not the message's instant.
         let received_at = Instant::now();
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         let plan = self.plan();
-        self.serve_events(plan.room, &shared, received_at, &mut batch)?;
+        self.consumer
+            .context()
+            .state()
+            .acknowledgements
+            .start_batch(plan.room);
+        self.serve_events(plan.room, received_at, &mut batch)?;
         let mut fetched = Vec::new();
         self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
         {
             let mut state = self.consumer.context().state();
+            let state = &mut *state;
             for message in &fetched {
                 match message.error() {
-                    None => batch.extend(self.receive(&mut state.offsets, message, &shared, received_at)),
+                    None => batch.extend(self.receive(
+                        &mut state.offsets,
+                        &mut state.acknowledgements,
+                        message,
+                        received_at,
+                    )),
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
                     Some(code) => self.on_error(KafkaError::MessageConsumption(code))?,
                 }
@@ -222,7 +230,6 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     fn serve_events(
         &self,
         room: usize,
-        shared: &Arc<BatchShared>,
         received_at: Instant,
         batch: &mut Vec<(i32, Epoch, Item<K, V>)>,
     ) -> Result<(), KafkaError> {
@@ -231,7 +238,13 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                 None => return Ok(()),
                 Some(Ok(message)) => {
                     let mut state = self.consumer.context().state();
-                    batch.extend(self.receive(&mut state.offsets, &message, shared, received_at));
+                    let state = &mut *state;
+                    batch.extend(self.receive(
+                        &mut state.offsets,
+                        &mut state.acknowledgements,
+                        &message,
+                        received_at,
+                    ));
                     if batch.len() >= room {
                         return Ok(());
                     }
@@ -289,13 +302,14 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     fn receive(
         &self,
         offsets: &mut OffsetTracker,
+        acknowledgements: &mut Acknowledgements,
         message: &impl Fetched,
-        shared: &Arc<BatchShared>,
         received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
         let Some(epoch) = register(
             offsets,
+            acknowledgements,
             self.buffer(),
             &self.topic,
             partition,
@@ -311,7 +325,11 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             timestamp: message.timestamp(),
             headers: message.headers(),
         };
-        let acknowledgement = Acknowledgement::new(shared.clone(), partition, offset, epoch);
+        let acknowledgement = acknowledgements.track(Handled {
+            partition,
+            offset,
+            epoch,
+        });
         let key = self.key_deserializer.deserialize(message.key());
         let value = self.value_deserializer.deserialize(message.payload());
         let item = match (key, value) {
@@ -384,10 +402,12 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
 /// Registers a received message with the offset tracker. If librdkafka moved the partition's
 /// position back (an offset reset: the tracker starts a new epoch), the partition's messages still
 /// buffered from the old position are dropped: they come again from the new position, and
-/// acknowledgements of the old epoch are ignored, so the reader would get them twice for nothing.
-/// (Messages of the old epoch in the batch being read are dropped when the batch is handed over.)
+/// acknowledgements of the old epoch are ignored, so the reader would get them twice for nothing; and
+/// the acknowledgements of the old epoch are forgotten. (Messages of the old epoch in the batch being
+/// read are dropped when the batch is handed over.)
 fn register<T>(
     offsets: &mut OffsetTracker,
+    acknowledgements: &mut Acknowledgements,
     buffer: &DeliveryBuffer<T>,
     topic: &str,
     partition: i32,
@@ -398,6 +418,7 @@ fn register<T>(
     let epoch = offsets.deliver(partition, offset, received_at)?;
     if before.is_some_and(|before| before != epoch) {
         let dropped = buffer.remove_partition(partition);
+        acknowledgements.forget(|handled| handled.partition == partition && handled.epoch != epoch);
         debug!(
             topic,
             partition, offset, dropped, "position moved back; buffered messages of the old position dropped"
@@ -413,20 +434,29 @@ mod tests {
     #[test]
     fn a_position_moved_back_drops_the_partitions_buffered_messages_of_the_old_position() {
         let mut offsets = OffsetTracker::default();
+        let mut acks = Acknowledgements::new("t".into());
+        acks.start_batch(6);
         let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new(Arc::default(), 1);
         offsets.assign(0);
         offsets.assign(1);
         let now = Instant::now();
+        let mut tokens = Vec::new();
         for offset in 10..13 {
-            let epoch = register(&mut offsets, &buffer, "t", 0, offset, now);
-            assert!(epoch.is_some());
-            register(&mut offsets, &buffer, "t", 1, offset, now);
+            for partition in [0, 1] {
+                let epoch = register(&mut offsets, &mut acks, &buffer, "t", partition, offset, now)
+                    .expect("assigned");
+                tokens.push(acks.track(Handled {
+                    partition,
+                    offset,
+                    epoch,
+                }));
+            }
         }
         buffer.push_batch((10..13).flat_map(|offset| [(0, offset), (1, offset)]));
         assert_eq!(buffer.lengths().0, 6);
 
         let old = offsets.epoch(0);
-        let new = register(&mut offsets, &buffer, "t", 0, 11, now);
+        let new = register(&mut offsets, &mut acks, &buffer, "t", 0, 11, now);
         assert_ne!(new, old, "offset 11 again: a new epoch");
         let (total, per_partition) = buffer.lengths();
         assert_eq!(
@@ -439,10 +469,17 @@ mod tests {
             (3, Some(3)),
             "partition 1's kept"
         );
+        // Their acknowledgements are forgotten; partition 1's still count.
+        for token in &tokens {
+            token.acknowledge();
+        }
+        let mut collected = Vec::new();
+        acks.collect(|handled| collected.push((handled.partition, handled.offset)));
+        assert_eq!(collected, [(1, 10), (1, 11), (1, 12)]);
 
         // Forward, in the same epoch: nothing dropped.
         buffer.push_batch([(0, 11)]);
-        assert_eq!(register(&mut offsets, &buffer, "t", 0, 12, now), new);
+        assert_eq!(register(&mut offsets, &mut acks, &buffer, "t", 0, 12, now), new);
         assert_eq!(buffer.lengths().0, 4);
     }
 }
