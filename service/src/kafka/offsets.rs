@@ -59,6 +59,9 @@ struct PartitionProgress {
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
     last_epoch: Epoch,
+    /// Grows with every assignment and revocation: equal at two times, the same partitions were
+    /// assigned in the same epochs between them.
+    changes: u64,
     partitions: BTreeMap<i32, PartitionProgress>,
 }
 
@@ -66,6 +69,7 @@ impl OffsetTracker {
     /// The partition was assigned: start a new epoch with nothing delivered.
     pub fn assign(&mut self, partition: i32) -> Epoch {
         self.last_epoch += 1;
+        self.changes += 1;
         let epoch = self.last_epoch;
         self.partitions.insert(
             partition,
@@ -83,10 +87,18 @@ impl OffsetTracker {
     /// The partition was revoked (or lost): forget it; later acknowledgements for it are ignored.
     pub fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.changes += 1;
     }
 
     pub fn revoke_all(&mut self) {
         self.partitions.clear();
+        self.changes += 1;
+    }
+
+    /// See [`changes`](Self::changes): compare two readings to know whether any message delivered
+    /// between them may belong to an assignment that is gone.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     pub fn assigned(&self) -> impl Iterator<Item = i32> + '_ {
@@ -105,31 +117,30 @@ impl OffsetTracker {
     /// A message was received from librdkafka at `received_at`. Returns its epoch, or `None` if the
     /// partition is not assigned (the message is then dropped: its partition's new owner reads it).
     pub fn deliver(&mut self, partition: i32, offset: i64, received_at: Instant) -> Option<Epoch> {
-        let went_back = {
-            let progress = self.partitions.get(&partition)?;
-            let last_seen = progress
-                .in_flight
-                .back()
-                .map(|m| m.offset + 1)
-                .or(progress.stored);
-            last_seen.is_some_and(|next| offset < next)
-        };
-        if went_back {
-            // librdkafka moved the position backwards (an offset reset, a seek). The messages delivered
-            // since are no longer a prefix of what comes, so start afresh as if newly assigned; the
-            // acknowledgements of the old epoch are ignored and their messages come again.
-            let committed = self.partitions.get(&partition).and_then(|p| p.committed);
-            self.assign(partition);
-            if let Some(progress) = self.partitions.get_mut(&partition) {
-                progress.committed = committed;
-            }
-        }
-        let progress = self.partitions.get_mut(&partition)?;
-        progress.in_flight.push_back(InFlight {
+        let message = InFlight {
             offset,
             handled: false,
             received_at,
-        });
+        };
+        let progress = self.partitions.get_mut(&partition)?;
+        let last_seen = progress
+            .in_flight
+            .back()
+            .map(|m| m.offset + 1)
+            .or(progress.stored);
+        if last_seen.is_none_or(|next| offset >= next) {
+            // The common case, with one lookup: a message per call, hundreds of thousands a second.
+            progress.in_flight.push_back(message);
+            return Some(progress.epoch);
+        }
+        // librdkafka moved the position backwards (an offset reset, a seek). The messages delivered
+        // since are no longer a prefix of what comes, so start afresh as if newly assigned; the
+        // acknowledgements of the old epoch are ignored and their messages come again.
+        let committed = progress.committed;
+        self.assign(partition);
+        let progress = self.partitions.get_mut(&partition)?;
+        progress.committed = committed;
+        progress.in_flight.push_back(message);
         Some(progress.epoch)
     }
 

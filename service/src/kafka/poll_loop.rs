@@ -168,11 +168,11 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         let received_at = Instant::now();
         let mut batch: Vec<(i32, Epoch, Item<K, V>)> = Vec::new();
         let plan = self.plan();
-        self.consumer
-            .context()
-            .state()
-            .acknowledgements
-            .start_batch(plan.room);
+        let changes_before = {
+            let mut state = self.consumer.context().state();
+            state.acknowledgements.start_batch(plan.room);
+            state.offsets.changes()
+        };
         self.serve_events(plan.room, received_at, &mut batch)?;
         let mut fetched = Vec::new();
         self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
@@ -197,12 +197,14 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             self.wait(plan.room);
             return Ok(());
         }
-        // A rebalance callback may have run while this batch was read: keep only the messages of
-        // partitions still assigned in the epoch they were received in.
+        // A rebalance callback (or a rewind) may have changed the assignments while this batch was
+        // read: then keep only the messages of partitions still assigned in the epoch they were
+        // received in. Checked only then: it is a lookup a message.
         let state = self.consumer.context().state();
+        let changed = state.offsets.changes() != changes_before;
         let current = batch
             .into_iter()
-            .filter(|(partition, epoch, _)| state.offsets.is_current(*partition, *epoch))
+            .filter(|(partition, epoch, _)| !changed || state.offsets.is_current(*partition, *epoch))
             .map(|(partition, _, item)| (partition, item));
         self.buffer().push_batch(current);
         Ok(())
