@@ -5,8 +5,8 @@
 //!
 //! * the **poll thread** (a dedicated `std::thread`, see `poll_loop`) owns librdkafka's `BaseConsumer`,
 //!   polls it in batches, runs the rebalance callbacks, and keeps the per-partition offset bookkeeping;
-//! * the **stream** (this type) takes messages out of the delivery buffer that the poll thread fills,
-//!   and sends acknowledgements and commands back over a channel.
+//! * the **stream** (this type) takes messages out of the delivery buffer that the poll thread fills;
+//!   `handle()` sets a bit the poll thread reads, and commands go back over a channel.
 //!
 //! Why a thread and not a task: librdkafka's poll blocks, and the rebalance callback must be allowed to
 //! block too (it commits synchronously before partitions go). On a thread of its own that never stalls

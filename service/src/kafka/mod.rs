@@ -88,12 +88,12 @@
 //!   dropped (the next owner reads them); `handle()` on a message of a partition no longer owned does
 //!   nothing. Newly assigned partitions start at their committed offsets. A *lost* assignment (this
 //!   member was timed out) commits nothing, since the partitions may already be someone else's.
-//! * **Back-pressure without leaving the group.** The buffer holds at most `consume_size` messages. When
-//!   the reader is slow, the consumer stops reading from librdkafka's queues (where what was fetched
-//!   waits, bounded by librdkafka's `queued.max.messages.kbytes` a partition: 8 MiB unless configured)
-//!   instead of blocking, and keeps polling
-//!   for events, so heartbeats and rebalances are served and `max.poll.interval.ms` is never exceeded
-//!   because of a slow reader. A reader that takes messages and does not handle them is held back the
+//! * **Back-pressure without leaving the group.** The buffer holds at most `consume_size` messages (and
+//!   the stream up to 32 more it took at once). When the reader is slow, the consumer stops reading
+//!   from librdkafka's queues (where what was fetched waits, bounded by librdkafka's
+//!   `queued.max.messages.kbytes` a partition: 8 MiB unless configured) instead of blocking, and keeps
+//!   polling for events, so heartbeats and rebalances are served and `max.poll.interval.ms` is never
+//!   exceeded because of a slow reader. A reader that takes messages and does not handle them is held back the
 //!   same way: everything outstanding (buffered, held, or handled behind a message that is not) stays
 //!   under three times `consume_size`, and a partition whose messages the reader hoards stops first
 //!   (`read_policy`).
@@ -126,7 +126,7 @@
 //! * `context`: the rebalance callbacks;
 //! * `offsets`: the contiguous-prefix rule and assignment epochs;
 //! * `delivery_buffer`: per-partition queues served round-robin;
-//! * `acknowledgement`: what `handle()`, `commit()` and `close()` send;
+//! * `acknowledgement`: the bit `handle()` sets, and what `commit()` and `close()` send;
 //! * `message`, `deserializer`, `error`: the types users see.
 
 mod acknowledgement;

@@ -416,9 +416,10 @@ fn register<T>(
     offset: i64,
     received_at: Instant,
 ) -> Option<Epoch> {
-    let before = offsets.epoch(partition);
+    // A move back starts a new epoch, which changes the assignments (without a lookup of its own).
+    let changes = offsets.changes();
     let epoch = offsets.deliver(partition, offset, received_at)?;
-    if before.is_some_and(|before| before != epoch) {
+    if offsets.changes() != changes {
         let dropped = buffer.remove_partition(partition);
         acknowledgements.forget(|handled| handled.partition == partition && handled.epoch != epoch);
         debug!(
