@@ -254,8 +254,7 @@ impl<T> DeliveryBuffer<T> {
     /// one lock. Items of a queue removed since they were taken are dropped, as if they had still been in
     /// the buffer: the stream never hands out a message of a partition revoked before it.
     pub fn poll_take(&self, cx: &mut Context<'_>, taken: &mut Taken<T>) -> Poll<Option<T>> {
-        let removals = self.removals.load(Ordering::Acquire);
-        if removals == taken.removals
+        if self.removals.load(Ordering::Acquire) == taken.removals
             && let Some((_, _, item)) = taken.items.pop_front()
         {
             return Poll::Ready(Some(item));
@@ -267,11 +266,10 @@ impl<T> DeliveryBuffer<T> {
             taken.items.clear();
             return Poll::Ready(inner.last_words.take());
         }
-        if removals != taken.removals || !taken.items.is_empty() {
-            taken
-                .items
-                .retain(|(partition, generation, _)| inner.holds(*partition, *generation));
-        }
+        // Here `taken` is empty, or a queue was removed since it was filled: keep what is still owned.
+        taken
+            .items
+            .retain(|(partition, generation, _)| inner.holds(*partition, *generation));
         while taken.items.len() < self.take_at_once
             && let Some(item) = inner.take_next()
         {
@@ -398,6 +396,49 @@ mod tests {
         doorbell.reset();
         assert_eq!(reader.take(), Poll::Ready(Some("a2")));
         assert!(!doorbell.rings_within(quiet), "rang again without being asked");
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_reader_that_found_nothing_is_woken_by_the_next_batch_once() {
+        let buffer = DeliveryBuffer::new(Arc::default(), TAKE_AT_ONCE);
+        let mut taken = Taken::default();
+        let counter = Arc::new(Counter(Default::default()));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(buffer.poll_take(&mut cx, &mut taken), Poll::Pending);
+        buffer.push_batch(std::iter::empty());
+        assert_eq!(
+            counter.0.load(Ordering::Relaxed),
+            0,
+            "nothing to take: no wake-up"
+        );
+        buffer.push_batch([(0, "a0")]);
+        buffer.push_batch([(0, "a1")]);
+        assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+        assert_eq!(buffer.poll_take(&mut cx, &mut taken), Poll::Ready(Some("a0")));
+    }
+
+    #[test]
+    fn the_length_counts_what_the_reader_has_not_taken_and_clearing_drops_it_all() {
+        let mut reader = Reader::new(Arc::default(), 2);
+        reader
+            .buffer
+            .push_batch([(0, "a0"), (0, "a1"), (1, "b0"), (1, "b1"), (2, "c0")]);
+        assert_eq!(reader.buffer.len(), 5);
+        assert_eq!(reader.take(), Poll::Ready(Some("a0")));
+        assert_eq!(reader.buffer.len(), 3, "two taken at once");
+        reader.buffer.clear();
+        assert_eq!(reader.buffer.len(), 0);
+        assert_eq!(reader.take(), Poll::Pending, "b0, taken with a0, went too");
     }
 
     #[test]
