@@ -106,6 +106,7 @@ impl OffsetTracker {
     }
 
     /// The partition's current epoch, if it is assigned.
+    #[cfg(test)]
     pub fn epoch(&self, partition: i32) -> Option<Epoch> {
         self.partitions.get(&partition).map(|p| p.epoch)
     }
