@@ -268,9 +268,10 @@ fn faults_at(recorded: &Recorded, at: std::time::Duration) -> String {
             )
         })
         .collect();
-    match during.is_empty() {
-        true => "no fault in progress".to_string(),
-        false => during.join(", "),
+    if during.is_empty() {
+        "no fault in progress".to_string()
+    } else {
+        during.join(", ")
     }
 }
 

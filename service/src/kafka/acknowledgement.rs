@@ -114,9 +114,18 @@ impl Acknowledgements {
         }
     }
 
+    /// Makes room for `count` more messages: a new batch of that size, unless the one being filled
+    /// has room left (a turn that reads nothing allocates nothing).
+    pub fn reserve(&mut self, count: usize) {
+        let room = |batch: &Tracked| batch.messages.capacity() - batch.messages.len();
+        if self.batches.back().is_none_or(|batch| room(batch) < count) {
+            self.start_batch(count);
+        }
+    }
+
     /// Starts a batch of up to `capacity` messages: [`track`](Self::track) fills it, and starts another
     /// when it is full.
-    pub fn start_batch(&mut self, capacity: usize) {
+    fn start_batch(&mut self, capacity: usize) {
         let capacity = capacity.max(1);
         let words = capacity.div_ceil(64);
         self.batches.push_back(Tracked {
@@ -262,6 +271,17 @@ mod tests {
         acks.start_batch(10);
         acks.collect(|_| {});
         assert_eq!(acks.batches(), 1, "once no longer the newest, it goes");
+    }
+
+    #[test]
+    fn a_batch_with_room_is_filled_further_and_one_without_is_followed_by_a_new_one() {
+        let mut acks = Acknowledgements::new("t".into());
+        acks.reserve(10);
+        acks.track(handled(0, 0));
+        acks.reserve(9);
+        assert_eq!(acks.batches(), 1, "room for 9 more");
+        acks.reserve(10);
+        assert_eq!(acks.batches(), 2);
     }
 
     #[test]

@@ -93,10 +93,10 @@
 //!   from librdkafka's queues (where what was fetched waits, bounded by librdkafka's
 //!   `queued.max.messages.kbytes` a partition: 8 MiB unless configured) instead of blocking, and keeps
 //!   polling for events, so heartbeats and rebalances are served and `max.poll.interval.ms` is never
-//!   exceeded because of a slow reader. A reader that takes messages and does not handle them is held back the
-//!   same way: everything outstanding (buffered, held, or handled behind a message that is not) stays
-//!   under three times `consume_size`, and a partition whose messages the reader hoards stops first
-//!   (`read_policy`).
+//!   exceeded because of a slow reader. A reader that takes messages and does not handle them is held
+//!   back the same way: everything outstanding (buffered, held, or handled behind a message that is
+//!   not) stays under three times `consume_size`, and a partition whose messages the reader hoards
+//!   stops first (`read_policy`).
 //! * **Errors.** Deserialization failures are items, as above. Transient broker errors are logged
 //!   (`tracing`) and retried by librdkafka. A fatal error is the stream's last item,
 //!   [`ConsumerError::Fatal`].

@@ -33,15 +33,15 @@ use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use super::acknowledgement::{Acknowledgement, Acknowledgements, Handled, Request};
-use super::context::{ChannelContext, PolledConsumer};
+use super::acknowledgement::{Acknowledgement, Handled, Request};
+use super::context::{ChannelContext, PollState, PolledConsumer};
 use super::delivery_buffer::DeliveryBuffer;
 use super::deserializer::Deserializer;
 use super::doorbell::Doorbell;
 use super::error::{ConsumerError, MessagePart};
 use super::fetch_queues::{Fetched, RawMessage};
 use super::message::{KafkaMessage, Origin, UndecodableMessage};
-use super::offsets::{Epoch, OffsetTracker};
+use super::offsets::Epoch;
 use super::progress::ProgressReporter;
 use super::read_policy::{self, Load, Plan};
 
@@ -170,7 +170,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         let plan = self.plan();
         let changes_before = {
             let mut state = self.consumer.context().state();
-            state.acknowledgements.start_batch(plan.room);
+            state.acknowledgements.reserve(plan.room);
             state.offsets.changes()
         };
         self.serve_events(plan.room, received_at, &mut batch)?;
@@ -178,15 +178,9 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
         self.read_partitions(plan.room.saturating_sub(batch.len()), &plan.read, &mut fetched);
         {
             let mut state = self.consumer.context().state();
-            let state = &mut *state;
             for message in &fetched {
                 match message.error() {
-                    None => batch.extend(self.receive(
-                        &mut state.offsets,
-                        &mut state.acknowledgements,
-                        message,
-                        received_at,
-                    )),
+                    None => batch.extend(self.receive(&mut state, message, received_at)),
                     Some(RDKafkaErrorCode::PartitionEOF) => {}
                     Some(code) => self.on_error(KafkaError::MessageConsumption(code))?,
                 }
@@ -240,13 +234,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
                 None => return Ok(()),
                 Some(Ok(message)) => {
                     let mut state = self.consumer.context().state();
-                    let state = &mut *state;
-                    batch.extend(self.receive(
-                        &mut state.offsets,
-                        &mut state.acknowledgements,
-                        &message,
-                        received_at,
-                    ));
+                    batch.extend(self.receive(&mut state, &message, received_at));
                     if batch.len() >= room {
                         return Ok(());
                     }
@@ -303,21 +291,12 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
     /// Registers a received message with the offset tracker and deserializes it.
     fn receive(
         &self,
-        offsets: &mut OffsetTracker,
-        acknowledgements: &mut Acknowledgements,
+        state: &mut PollState,
         message: &impl Fetched,
         received_at: Instant,
     ) -> Option<(i32, Epoch, Item<K, V>)> {
         let (partition, offset) = (message.partition(), message.offset());
-        let Some(epoch) = register(
-            offsets,
-            acknowledgements,
-            self.buffer(),
-            &self.topic,
-            partition,
-            offset,
-            received_at,
-        ) else {
+        let Some(epoch) = register(state, self.buffer(), &self.topic, partition, offset, received_at) else {
             debug!(topic = %self.topic, partition, offset, "message of an unassigned partition dropped");
             return None;
         };
@@ -327,7 +306,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
             timestamp: message.timestamp(),
             headers: message.headers(),
         };
-        let acknowledgement = acknowledgements.track(Handled {
+        let acknowledgement = state.acknowledgements.track(Handled {
             partition,
             offset,
             epoch,
@@ -408,8 +387,7 @@ impl<K: Send + 'static, V: Send + 'static> PollLoop<K, V> {
 /// the acknowledgements of the old epoch are forgotten. (Messages of the old epoch in the batch being
 /// read are dropped when the batch is handed over.)
 fn register<T>(
-    offsets: &mut OffsetTracker,
-    acknowledgements: &mut Acknowledgements,
+    state: &mut PollState,
     buffer: &DeliveryBuffer<T>,
     topic: &str,
     partition: i32,
@@ -417,11 +395,11 @@ fn register<T>(
     received_at: Instant,
 ) -> Option<Epoch> {
     // A move back starts a new epoch, which changes the assignments (without a lookup of its own).
-    let changes = offsets.changes();
-    let epoch = offsets.deliver(partition, offset, received_at)?;
-    if offsets.changes() != changes {
+    let changes = state.offsets.changes();
+    let epoch = state.offsets.deliver(partition, offset, received_at)?;
+    if state.offsets.changes() != changes {
         let dropped = buffer.remove_partition(partition);
-        acknowledgements.forget(|handled| handled.partition == partition && handled.epoch != epoch);
+        state.forget_stale_acknowledgements();
         debug!(
             topic,
             partition, offset, dropped, "position moved back; buffered messages of the old position dropped"
@@ -433,22 +411,22 @@ fn register<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::offsets::OffsetTracker;
 
     #[test]
     fn a_position_moved_back_drops_the_partitions_buffered_messages_of_the_old_position() {
-        let mut offsets = OffsetTracker::default();
-        let mut acks = Acknowledgements::new("t".into());
-        acks.start_batch(6);
+        let (_, requests) = std::sync::mpsc::channel();
+        let mut state = PollState::new(OffsetTracker::default(), requests, "t".into());
+        state.acknowledgements.reserve(6);
         let buffer: DeliveryBuffer<i64> = DeliveryBuffer::new(Arc::default(), 1);
-        offsets.assign(0);
-        offsets.assign(1);
+        state.offsets.assign(0);
+        state.offsets.assign(1);
         let now = Instant::now();
         let mut tokens = Vec::new();
         for offset in 10..13 {
             for partition in [0, 1] {
-                let epoch = register(&mut offsets, &mut acks, &buffer, "t", partition, offset, now)
-                    .expect("assigned");
-                tokens.push(acks.track(Handled {
+                let epoch = register(&mut state, &buffer, "t", partition, offset, now).expect("assigned");
+                tokens.push(state.acknowledgements.track(Handled {
                     partition,
                     offset,
                     epoch,
@@ -458,8 +436,8 @@ mod tests {
         buffer.push_batch((10..13).flat_map(|offset| [(0, offset), (1, offset)]));
         assert_eq!(buffer.lengths().0, 6);
 
-        let old = offsets.epoch(0);
-        let new = register(&mut offsets, &mut acks, &buffer, "t", 0, 11, now);
+        let old = state.offsets.epoch(0);
+        let new = register(&mut state, &buffer, "t", 0, 11, now);
         assert_ne!(new, old, "offset 11 again: a new epoch");
         let (total, per_partition) = buffer.lengths();
         assert_eq!(
@@ -477,12 +455,14 @@ mod tests {
             token.acknowledge();
         }
         let mut collected = Vec::new();
-        acks.collect(|handled| collected.push((handled.partition, handled.offset)));
+        state
+            .acknowledgements
+            .collect(|handled| collected.push((handled.partition, handled.offset)));
         assert_eq!(collected, [(1, 10), (1, 11), (1, 12)]);
 
         // Forward, in the same epoch: nothing dropped.
         buffer.push_batch([(0, 11)]);
-        assert_eq!(register(&mut offsets, &mut acks, &buffer, "t", 0, 12, now), new);
+        assert_eq!(register(&mut state, &buffer, "t", 0, 12, now), new);
         assert_eq!(buffer.lengths().0, 4);
     }
 }
