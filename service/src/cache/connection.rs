@@ -174,7 +174,7 @@ impl RedisConnection {
         let slots: Vec<u16> = keys.iter().map(|key| slot(key.as_bytes())).collect();
         let masters = owners.current(connection, None).await;
         // Keys of a slot the map has no master for are left `None`: they go the slow way below.
-        let mut by_master: BTreeMap<&Node, Vec<usize>> = BTreeMap::new();
+        let mut by_master: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (index, slot) in slots.iter().enumerate() {
             if let Some(master) = masters.owner(*slot) {
                 by_master.entry(master).or_default().push(index);
@@ -274,7 +274,7 @@ impl RedisConnection {
         };
         // Keyed (master, 0) where the map knows the slot's master, (None, slot) where it does not (or
         // for calls that do not wait): those go per slot, as the cluster client routes them.
-        let mut by_node: BTreeMap<(Option<&Node>, u16), Vec<usize>> = BTreeMap::new();
+        let mut by_node: BTreeMap<(Option<&str>, u16), Vec<usize>> = BTreeMap::new();
         for (index, &slot) in slots.iter().enumerate() {
             let master = map.as_ref().and_then(|map| map.owner(slot));
             let node = match master {
@@ -292,7 +292,7 @@ impl RedisConnection {
                     .as_ref()
                     .and_then(|map| map.replicas(slots[calls[0]]))
                     .is_some_and(|replicas| replicas > 0);
-                let wait = master.filter(|_| replicated).cloned();
+                let wait = master.filter(|_| replicated).map(str::to_string);
                 Group { calls, wait }
             })
             .collect()
@@ -322,14 +322,14 @@ impl RedisConnection {
             match self {
                 Self::Single(connection) => pipeline.query_async(&mut connection.clone()).await,
                 Self::Cluster(connection, _) => {
-                    let route = match &group.wait {
+                    let route = match group.wait.as_deref().and_then(|master| master.rsplit_once(':')) {
                         // By the map's address, not the client's routing: the two are learnt apart,
                         // and a master the client still routes to while the map shows its successor
                         // alone (one paused until replaced, answering for a moment on its return)
                         // would take writes that no wait covers, and lose them when it rejoins.
-                        Some(master) => SingleNodeRoutingInfo::ByAddress {
-                            host: master.host.clone(),
-                            port: master.port,
+                        Some((host, port)) => SingleNodeRoutingInfo::ByAddress {
+                            host: host.to_string(),
+                            port: port.parse().unwrap_or_default(),
                         },
                         None => SingleNodeRoutingInfo::SpecificNode(Route::new(
                             slot(calls[indices[0]].key.as_bytes()),
@@ -401,9 +401,9 @@ impl ConnectionLike for RedisConnection {
 struct Group {
     /// Indices into the calls.
     calls: Vec<usize>,
-    /// The master the pipeline goes to and waits for a replica of, as the slot map has it; `None` for a
-    /// pipeline that does not wait.
-    wait: Option<Node>,
+    /// The `host:port` of the master the pipeline goes to and waits for a replica of, as the slot map
+    /// has it; `None` for a pipeline that does not wait.
+    wait: Option<String>,
 }
 
 /// Which master serves which slots, and with how many replicas, as `CLUSTER SLOTS` last said. A map
@@ -428,27 +428,14 @@ pub struct SlotOwners {
 /// astray.
 pub const SLOT_MAP_AGE: Duration = Duration::from_secs(1);
 
-/// Slot ranges, sorted, each with its master and how many replicas it has.
+/// Slot ranges, sorted, each with its master's `host:port` and how many replicas it has.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct SlotMap(Vec<(u16, u16, Node, usize)>);
-
-/// A node of the cluster, as `CLUSTER SLOTS` names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Node {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.host, self.port)
-    }
-}
+pub struct SlotMap(Vec<(u16, u16, String, usize)>);
 
 impl SlotMap {
     /// The master of `slot`, if the map has one.
-    pub fn owner(&self, slot: u16) -> Option<&Node> {
-        self.range(slot).map(|(_, _, master, _)| master)
+    pub fn owner(&self, slot: u16) -> Option<&str> {
+        self.range(slot).map(|(_, _, master, _)| master.as_str())
     }
 
     /// How many replicas the master of `slot` has (`CLUSTER SLOTS` leaves out those the cluster
@@ -457,7 +444,7 @@ impl SlotMap {
         self.range(slot).map(|(_, _, _, replicas)| *replicas)
     }
 
-    fn range(&self, slot: u16) -> Option<&(u16, u16, Node, usize)> {
+    fn range(&self, slot: u16) -> Option<&(u16, u16, String, usize)> {
         let index = self
             .0
             .partition_point(|(start, ..)| *start <= slot)
@@ -485,14 +472,10 @@ impl SlotMap {
             let Some(Value::Int(port)) = master.get(1) else {
                 return None;
             };
-            let master = Node {
-                host,
-                port: u16::try_from(*port).ok()?,
-            };
             map.push((
                 u16::try_from(*start).ok()?,
                 u16::try_from(*end).ok()?,
-                master,
+                format!("{host}:{port}"),
                 fields.len() - 3,
             ));
         }
@@ -599,24 +582,18 @@ mod tests {
             ]),
         ]);
         let map = SlotMap::parse(&reply).expect("a slot map");
-        let owner = |map: &SlotMap, slot| map.owner(slot).map(ToString::to_string);
-        let address = |text: &str| Some(text.to_string());
-        assert_eq!(owner(&map, 0), address("127.0.0.1:7000"));
-        assert_eq!(owner(&map, 5460), address("127.0.0.1:7000"));
-        assert_eq!(owner(&map, 5461), address("127.0.0.1:7001"));
-        assert_eq!(owner(&map, 16383), address("redis-node-3:6379"));
+        assert_eq!(map.owner(0), Some("127.0.0.1:7000"));
+        assert_eq!(map.owner(5460), Some("127.0.0.1:7000"));
+        assert_eq!(map.owner(5461), Some("127.0.0.1:7001"));
+        assert_eq!(map.owner(16383), Some("redis-node-3:6379"));
         assert_eq!(
             (map.replicas(0), map.replicas(5461), map.replicas(16383)),
             (Some(0), Some(1), Some(0))
         );
-        let a = Node {
-            host: "a".into(),
-            port: 1,
-        };
-        let partial = SlotMap(vec![(100, 200, a, 1)]);
+        let partial = SlotMap(vec![(100, 200, "a:1".into(), 1)]);
         assert_eq!(
-            (owner(&partial, 99), owner(&partial, 201), owner(&partial, 150)),
-            (None, None, address("a:1"))
+            (partial.owner(99), partial.owner(201), partial.owner(150)),
+            (None, None, Some("a:1"))
         );
         assert_eq!((partial.replicas(99), partial.replicas(150)), (None, Some(1)));
         assert_eq!(SlotMap::parse(&Value::Nil), None);
