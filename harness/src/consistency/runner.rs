@@ -39,6 +39,8 @@ pub enum RunError {
     Storage(#[from] service::storage::StorageError),
     #[error("kafka")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("reading the topic")]
+    Topic(#[from] crate::topic::TopicError),
     #[error("redis")]
     Redis(#[from] redis::RedisError),
     #[error("redis")]

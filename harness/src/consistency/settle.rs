@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use service::cache::Cached;
 use service::domain::OrderId;
@@ -16,6 +15,7 @@ use service::storage::{Storage, outbox};
 use super::cluster::Cluster;
 use super::runner::RunError;
 use crate::inspect::CacheInspector;
+use crate::topic;
 
 const QUIESCENCE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -146,49 +146,12 @@ pub async fn final_state(cluster: &Cluster, quiescent: Result<(), String>) -> Re
 /// Every `(order_id, version)` in the topic with its partition, read from the beginning to the current
 /// end.
 async fn read_topic(brokers: &str, topic: &str) -> Result<HashMap<(i64, i64), i32>, RunError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-audit"))
-        .set("enable.auto.commit", "false")
-        .set("log_level", "3")
-        .create()?;
-    let topic = topic.to_string();
-    let published = tokio::task::spawn_blocking(move || -> Result<HashMap<(i64, i64), i32>, RunError> {
-        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let mut ends = HashMap::new();
-        let mut list = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer.fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))?;
-            if high > 0 {
-                ends.insert(partition.id(), high);
-                list.add_partition_offset(&topic, partition.id(), Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&list)?;
-        let mut published = HashMap::new();
-        let mut positions: HashMap<i32, i64> = HashMap::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while ends
-            .iter()
-            .any(|(p, end)| positions.get(p).copied().unwrap_or(0) < *end)
-            && Instant::now() < deadline
-        {
-            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-                continue;
-            };
-            let Ok(message) = message else { continue };
-            positions.insert(message.partition(), message.offset() + 1);
-            if let Some(event) = message
-                .payload()
-                .and_then(|payload| <pb::OrderEvent as prost::Message>::decode(payload).ok())
-                && let Some(order) = event.order
-            {
-                published.insert((order.order_id, order.version), message.partition());
-            }
-        }
-        Ok(published)
-    })
-    .await
-    .map_err(|e| RunError::Unexpected(format!("reading the topic: {e}")))??;
-    Ok(published)
+    let events = topic::read_events(brokers, topic, Duration::from_secs(120)).await?;
+    Ok(events
+        .into_iter()
+        .filter_map(|published| {
+            let order = published.event.order?;
+            Some(((order.order_id, order.version), published.partition))
+        })
+        .collect())
 }

@@ -6,10 +6,12 @@
 //! at once, and per-order order in the topic is kept because one relay publishes rows in `id` order.
 
 use prost::Message;
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::StorageError;
+use super::orders::{items_of_row, order_of_row};
 use crate::domain::{Order, OrderId};
 use crate::events;
 use crate::telemetry::trace_context::TraceParent;
@@ -28,7 +30,8 @@ pub struct OutboxEvent {
     pub traceparent: Option<String>,
 }
 
-/// An event to write with the change it announces, in the change's statement or transaction.
+/// An event encoded by the service, written with the change it announces (a new order's: status
+/// changes leave theirs to the relay, [`oldest`]).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: Uuid,
@@ -62,26 +65,65 @@ pub async fn begin_round(
     Ok(leader.then_some(transaction))
 }
 
-/// The oldest `limit` events, in commit order.
+/// The oldest `limit` events, in commit order, each with its payload: as written, or, for a status
+/// change, encoded now from the version its row names.
+///
+/// A status change's event is the order as it was at that version: its status and time from
+/// `order_versions`, its other columns and items from the order, which no change alters (a status change
+/// writes only status, version and time). Versions are never deleted, and the row was written in the
+/// statement that wrote its version, so every such row finds it.
 pub async fn oldest(connection: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, StorageError> {
     let rows = sqlx::query(
-        "SELECT id, aggregate_id, event_id, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+        "SELECT outbox.id AS outbox_id, outbox.aggregate_id, outbox.event_id, outbox.payload,
+                outbox.traceparent, outbox.version AS announced_version,
+                -- The order at the announced version (all NULL for a row with its payload).
+                orders.id, orders.client_id, versions.status, orders.currency_code, orders.amount,
+                versions.version, orders.created_at, versions.changed_at AS updated_at,
+                items.skus, items.quantities, items.prices
+         FROM (SELECT * FROM outbox ORDER BY id LIMIT $1) AS outbox
+         LEFT JOIN order_versions AS versions
+                ON outbox.payload IS NULL
+               AND versions.order_id = outbox.aggregate_id AND versions.version = outbox.version
+         LEFT JOIN orders ON orders.id = versions.order_id
+         LEFT JOIN LATERAL (SELECT coalesce(array_agg(sku_id ORDER BY position), '{}') AS skus,
+                                   coalesce(array_agg(quantity ORDER BY position), '{}') AS quantities,
+                                   coalesce(array_agg(price ORDER BY position), '{}') AS prices
+                            FROM order_items WHERE order_id = orders.id) AS items ON true
+         ORDER BY outbox.id",
     )
     .bind(limit)
     .fetch_all(connection)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(OutboxEvent {
-                id: row.try_get("id")?,
-                order_id: OrderId::parse(row.try_get("aggregate_id")?)
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
-                event_id: row.try_get("event_id")?,
-                payload: row.try_get("payload")?,
-                traceparent: row.try_get("traceparent")?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_of_row).collect()
+}
+
+/// An event of [`oldest`]'s rows, its payload encoded if the row has none.
+fn event_of_row(row: &PgRow) -> Result<OutboxEvent, StorageError> {
+    let id: i64 = row.try_get("outbox_id")?;
+    let event_id: Uuid = row.try_get("event_id")?;
+    let payload = match row.try_get::<Option<Vec<u8>>, _>("payload")? {
+        Some(payload) => payload,
+        None => {
+            if row.try_get::<Option<i64>, _>("id")?.is_none() {
+                let version: Option<i64> = row.try_get("announced_version")?;
+                return Err(StorageError::Corrupt(format!(
+                    "outbox row {id} announces version {version:?} of order {}, which has no such version",
+                    row.try_get::<i64, _>("aggregate_id")?
+                )));
+            }
+            let mut order = order_of_row(row)?;
+            order.items = items_of_row(row, order.amount.currency())?;
+            events::order_event(&order, event_id).encode_to_vec()
+        }
+    };
+    Ok(OutboxEvent {
+        id,
+        order_id: OrderId::parse(row.try_get("aggregate_id")?)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        event_id,
+        payload,
+        traceparent: row.try_get("traceparent")?,
+    })
 }
 
 pub async fn delete(connection: &mut PgConnection, ids: &[i64]) -> Result<(), StorageError> {

@@ -1,30 +1,30 @@
 //! Status changes written in batches: the [`Flush`] behind [`super::Storage::update_status`].
 //!
-//! A batch is one transaction: an `UPDATE` of every order whose status may become the one asked for (and
-//! whose version is the expected one, when the request names one), returning the orders as changed; then
-//! their versions and events, encoded here from those rows, in one `INSERT`; then the commit. Four round
-//! trips for the batch, however many orders it changes.
+//! A batch is one statement: an `UPDATE` of every order whose status may become the one asked for (and
+//! whose version is the expected one, when the request names one), with, for each order it changed, the
+//! new version's row and the event's outbox row; it returns the orders as changed. It is atomic on its
+//! own, so no transaction is opened or committed around it: one round trip for the batch, however many
+//! orders it changes. The event's outbox row names the version it announces and the relay encodes the
+//! event from it when it publishes (`outbox.rs`): encoding it here would need the updated row first, and
+//! a transaction of four round trips around the two statements (`BEGIN`, update, events, `COMMIT`).
 //!
 //! # Guarantees
 //!
 //! * Versions increase by exactly one per change, each with one event: the `UPDATE` holds every row it
-//!   changed until the commit, and PostgreSQL re-checks the conditions on the latest row after waiting for
-//!   a concurrent change's lock. Two changes of one order in one batch go in successive statements of
-//!   its transaction, the second seeing the first.
+//!   changed until the statement commits, and PostgreSQL re-checks the conditions on the latest row
+//!   after waiting for a concurrent change's lock. Two changes of one order in one batch go in
+//!   successive statements of one transaction, the second seeing the first.
 //! * Rows are locked in the order of their ids, so two batches that share orders wait for each other
 //!   instead of deadlocking.
 //! * A change that does not apply (no such order, another version, a transition the state machine
 //!   forbids) writes nothing and is answered `None`: the caller reads the order to tell which. One
-//!   failing change does not fail the others: a batch whose transaction fails for another reason than an
+//!   failing change does not fail the others: a batch whose statement fails for another reason than an
 //!   unreachable database is written again one change at a time.
 
 use std::collections::HashSet;
 
-use sqlx::PgConnection;
-
 use super::group_commit::Flush;
 use super::orders::{items_of_row, order_of_row};
-use super::outbox::NewEvent;
 use super::{StorageError, together_or_each_alone};
 use crate::domain::{Order, OrderId, OrderStatus};
 use crate::telemetry::metrics;
@@ -56,24 +56,42 @@ impl Flush for ChangeStatuses {
     }
 }
 
-/// Writes the batch in one transaction; for each change, the order as changed or `None`.
+/// Writes the batch; for each change, the order as changed or `None`. A batch that changes an order twice
+/// takes a statement per round in one transaction, any other one statement alone.
 async fn write(pool: &sqlx::PgPool, batch: &[Change]) -> Result<Vec<Option<Order>>, StorageError> {
     let mut outcomes = vec![None; batch.len()];
+    let rounds = rounds(batch);
+    if let [round] = rounds.as_slice() {
+        let changed = change(pool, batch).await?;
+        place(&mut outcomes, round, batch, changed)?;
+        return Ok(outcomes);
+    }
     let mut transaction = pool.begin().await?;
-    for round in rounds(batch) {
+    for round in &rounds {
         let changes: Vec<Change> = round.iter().map(|&index| batch[index]).collect();
-        let changed = update(&mut transaction, &changes).await?;
-        record(&mut transaction, &changed, &changes).await?;
-        for order in changed {
-            let position = changes
-                .iter()
-                .position(|change| change.id == order.id)
-                .ok_or_else(|| StorageError::Corrupt(format!("order {} changed unasked", order.id)))?;
-            outcomes[round[position]] = Some(order);
-        }
+        let changed = change(&mut *transaction, &changes).await?;
+        place(&mut outcomes, round, &changes, changed)?;
     }
     transaction.commit().await?;
     Ok(outcomes)
+}
+
+/// Puts each order `changed` by a round's `changes` (the batch's changes at the indexes `round`) in
+/// `outcomes`, at its change's index in the batch.
+fn place(
+    outcomes: &mut [Option<Order>],
+    round: &[usize],
+    changes: &[Change],
+    changed: Vec<Order>,
+) -> Result<(), StorageError> {
+    for order in changed {
+        let position = changes
+            .iter()
+            .position(|change| change.id == order.id)
+            .ok_or_else(|| StorageError::Corrupt(format!("order {} changed unasked", order.id)))?;
+        outcomes[round[position]] = Some(order);
+    }
+    Ok(())
 }
 
 /// The batch's indexes split into rounds in which no order appears twice, in submission order: an
@@ -97,11 +115,17 @@ fn rounds(batch: &[Change]) -> Vec<Vec<usize>> {
     rounds.into_iter().map(|(_, indexes)| indexes).collect()
 }
 
-/// Applies the changes that may apply; the orders as changed, with their items.
-async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec<Order>, StorageError> {
+/// Applies the changes that may apply, each with its version and its event's outbox row, in one
+/// statement (no order twice); the orders as changed, with their items.
+async fn change<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    changes: &[Change],
+) -> Result<Vec<Order>, StorageError> {
     let ids: Vec<i64> = changes.iter().map(|change| change.id.get()).collect();
     let statuses: Vec<&str> = changes.iter().map(|change| change.to.as_str()).collect();
     let versions: Vec<Option<i64>> = changes.iter().map(|change| change.expected_version).collect();
+    let event_ids: Vec<uuid::Uuid> = changes.iter().map(|_| uuid::Uuid::now_v7()).collect();
+    let traceparents: Vec<String> = changes.iter().map(|change| change.trace.to_string()).collect();
     let (from, to): (Vec<&str>, Vec<&str>) = OrderStatus::ALL
         .into_iter()
         .flat_map(|from| OrderStatus::ALL.into_iter().map(move |to| (from, to)))
@@ -110,10 +134,10 @@ async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec
         .unzip();
     let rows = sqlx::query(
         "WITH input AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[])
-                 AS input (id, status, expected_version)),
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::uuid[], $5::text[])
+                 AS input (id, status, expected_version, event_id, traceparent)),
          legal AS (
-             SELECT * FROM UNNEST($4::text[], $5::text[]) AS legal (from_status, to_status)),
+             SELECT * FROM UNNEST($6::text[], $7::text[]) AS legal (from_status, to_status)),
          locked AS MATERIALIZED (
              SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE),
          changed AS (
@@ -125,7 +149,15 @@ async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec
                AND EXISTS (SELECT FROM legal
                            WHERE legal.from_status = orders.status AND legal.to_status = input.status)
              RETURNING orders.id, orders.client_id, orders.status, orders.currency_code, orders.amount,
-                       orders.version, orders.created_at, orders.updated_at)
+                       orders.version, orders.created_at, orders.updated_at),
+         version AS (
+             INSERT INTO order_versions (order_id, version, status, changed_at)
+             SELECT id, version, status, updated_at FROM changed),
+         event AS (
+             -- No payload: the relay encodes the event of this version when it publishes it.
+             INSERT INTO outbox (aggregate_id, event_id, version, traceparent)
+             SELECT changed.id, input.event_id, changed.version, input.traceparent
+             FROM changed JOIN input USING (id) ORDER BY changed.id)
          SELECT changed.*, items.skus, items.quantities, items.prices
          FROM changed,
               -- One scan of the order's items for all three arrays.
@@ -137,9 +169,11 @@ async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec
     .bind(&ids)
     .bind(&statuses)
     .bind(&versions)
+    .bind(&event_ids)
+    .bind(&traceparents)
     .bind(&from)
     .bind(&to)
-    .fetch_all(&mut *connection)
+    .fetch_all(executor)
     .await?;
     rows.iter()
         .map(|row| {
@@ -148,58 +182,6 @@ async fn update(connection: &mut PgConnection, changes: &[Change]) -> Result<Vec
             Ok(order)
         })
         .collect()
-}
-
-/// Writes the version and the event of each changed order, in one statement.
-async fn record(
-    connection: &mut PgConnection,
-    changed: &[Order],
-    changes: &[Change],
-) -> Result<(), StorageError> {
-    if changed.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(changed.len());
-    let mut versions = Vec::with_capacity(changed.len());
-    let mut statuses = Vec::with_capacity(changed.len());
-    let mut times = Vec::with_capacity(changed.len());
-    let mut events = Vec::with_capacity(changed.len());
-    for order in changed {
-        let trace = changes
-            .iter()
-            .find(|change| change.id == order.id)
-            .map(|change| change.trace)
-            .ok_or_else(|| StorageError::Corrupt(format!("order {} changed unasked", order.id)))?;
-        ids.push(order.id.get());
-        versions.push(order.version);
-        statuses.push(order.status.as_str());
-        times.push(order.updated_at);
-        events.push(NewEvent::of(order, trace));
-    }
-    let event_ids: Vec<uuid::Uuid> = events.iter().map(|event| event.event_id).collect();
-    let payloads: Vec<&[u8]> = events.iter().map(|event| event.payload.as_slice()).collect();
-    let traceparents: Vec<&str> = events.iter().map(|event| event.traceparent.as_str()).collect();
-    sqlx::query(
-        "WITH input AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::uuid[],
-                                  $6::bytea[], $7::text[])
-                 AS input (order_id, version, status, changed_at, event_id, payload, traceparent)),
-         version AS (
-             INSERT INTO order_versions (order_id, version, status, changed_at)
-             SELECT order_id, version, status, changed_at FROM input)
-         INSERT INTO outbox (aggregate_id, event_id, payload, traceparent)
-         SELECT order_id, event_id, payload, traceparent FROM input ORDER BY order_id",
-    )
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&statuses)
-    .bind(&times)
-    .bind(&event_ids)
-    .bind(&payloads)
-    .bind(&traceparents)
-    .execute(connection)
-    .await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The outbox relay at rest.
+//! The outbox relay: at rest, and what it publishes.
 
 use std::time::Duration;
 
 use harness::app::{Environment, shared_stack};
+use harness::topic;
 use service::config::Component;
+use service::domain::OrderStatus;
+use service::proto::orders::v1 as pb;
 
 /// An idle relay waits for a commit's notification (or its 500 ms poll) between rounds; it does not
 /// spin. Counted in PostgreSQL: every round is a transaction of the environment's database, so over
@@ -101,4 +104,54 @@ async fn wait_for_estimate(env: &Environment, done: impl Fn(i64) -> bool) -> i64
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A status change's event is encoded by the relay when it publishes it, from the version its outbox row
+/// names (`storage::outbox`). Published only once every order reached its last version, each event must
+/// still be the order as the change it announces left it: what the RPC answered then.
+#[tokio::test]
+async fn each_event_is_the_order_as_the_change_it_announces_left_it() {
+    let env = Environment::fresh(shared_stack().await).await;
+    let api = env.spawn(&[Component::Api]).await.expect("the API starts");
+    let created = api.create_orders_at_once(1..=6).await;
+    let mut answered = created.clone();
+    for status in [OrderStatus::Paid, OrderStatus::Cancelled] {
+        // At once: the changes share batches (group commit).
+        let changes = created.iter().map(|order| api.set_status(order.order_id, status));
+        answered.extend(futures::future::join_all(changes).await);
+    }
+    api.stop().await.expect("a clean stop");
+    assert_eq!(
+        env.outbox_backlog().await,
+        18,
+        "the premise: every event waits for a relay"
+    );
+
+    let relay = env
+        .spawn(&[Component::Api, Component::Relay])
+        .await
+        .expect("an instance with the relay starts");
+    assert_eq!(env.wait_for_empty_outbox(Duration::from_secs(20)).await, 0);
+    relay.stop().await.expect("a clean stop");
+    let settings = &env.settings;
+    let events = topic::read_events(
+        &settings.kafka_brokers,
+        &settings.orders_topic,
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the topic read to its end");
+    let mut published = Vec::new();
+    for pb::OrderEvent {
+        order, occurred_at, ..
+    } in events.into_iter().map(|published| published.event)
+    {
+        let order = order.expect("every event carries its order");
+        assert_eq!(occurred_at, order.updated_at, "the event's time is its version's");
+        published.push(order);
+    }
+    let version = |order: &pb::Order| (order.order_id, order.version);
+    published.sort_by_key(version);
+    answered.sort_by_key(version);
+    assert_eq!(published, answered);
 }
