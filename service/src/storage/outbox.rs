@@ -58,10 +58,17 @@ pub async fn begin_round(
     pool: &sqlx::PgPool,
 ) -> Result<Option<Transaction<'static, Postgres>>, StorageError> {
     let mut transaction = pool.begin().await?;
-    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(RELAY_LOCK)
-        .fetch_one(&mut *transaction)
-        .await?;
+    // With the lock, in the same round trip: the round's reads are planned for the batch they ask for.
+    // The service's connections force generic plans (`storage::connect_options`), and the generic plan
+    // of [`oldest`] assumes its LIMIT passes a tenth of the outbox: it joined every version and order by
+    // hash, 0.16 s a round of 500 events with 200,000 orders against 8 ms planned for 500 (measured with
+    // EXPLAIN ANALYZE).
+    let (leader, _): (bool, String) = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock($1), set_config('plan_cache_mode', 'force_custom_plan', true)",
+    )
+    .bind(RELAY_LOCK)
+    .fetch_one(&mut *transaction)
+    .await?;
     Ok(leader.then_some(transaction))
 }
 
@@ -75,20 +82,24 @@ pub async fn begin_round(
 pub async fn oldest(connection: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, StorageError> {
     let rows = sqlx::query(
         "SELECT outbox.id AS outbox_id, outbox.aggregate_id, outbox.event_id, outbox.payload,
-                outbox.traceparent, outbox.version AS announced_version,
-                -- The order at the announced version (all NULL for a row with its payload).
-                orders.id, orders.client_id, versions.status, orders.currency_code, orders.amount,
-                versions.version, orders.created_at, versions.changed_at AS updated_at,
-                items.skus, items.quantities, items.prices
+                outbox.traceparent, outbox.version AS announced_version, event.*
          FROM (SELECT * FROM outbox ORDER BY id LIMIT $1) AS outbox
-         LEFT JOIN order_versions AS versions
-                ON outbox.payload IS NULL
-               AND versions.order_id = outbox.aggregate_id AND versions.version = outbox.version
-         LEFT JOIN orders ON orders.id = versions.order_id
-         LEFT JOIN LATERAL (SELECT coalesce(array_agg(sku_id ORDER BY position), '{}') AS skus,
-                                   coalesce(array_agg(quantity ORDER BY position), '{}') AS quantities,
-                                   coalesce(array_agg(price ORDER BY position), '{}') AS prices
-                            FROM order_items WHERE order_id = orders.id) AS items ON true
+         -- The order at the announced version (all NULL for a row with its payload): three lookups by
+         -- key a row.
+         LEFT JOIN LATERAL (
+             SELECT orders.id, orders.client_id, versions.status, orders.currency_code, orders.amount,
+                    versions.version, orders.created_at, versions.changed_at AS updated_at,
+                    items.skus, items.quantities, items.prices
+             FROM order_versions AS versions
+             JOIN orders ON orders.id = versions.order_id
+             CROSS JOIN LATERAL (
+                 SELECT coalesce(array_agg(sku_id ORDER BY position), '{}') AS skus,
+                        coalesce(array_agg(quantity ORDER BY position), '{}') AS quantities,
+                        coalesce(array_agg(price ORDER BY position), '{}') AS prices
+                 FROM order_items WHERE order_id = orders.id) AS items
+             WHERE outbox.payload IS NULL
+               AND versions.order_id = outbox.aggregate_id AND versions.version = outbox.version) AS event
+           ON true
          ORDER BY outbox.id",
     )
     .bind(limit)
