@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use service::proto::orders::v1 as pb;
 
@@ -17,6 +17,18 @@ pub struct Published {
     pub partition: i32,
     pub offset: i64,
     pub event: pb::OrderEvent,
+    /// The message's headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Published {
+    /// The value of the first header named `key`, as text.
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +97,17 @@ fn read(consumer: &BaseConsumer, topic: &str, within: Duration) -> Result<Vec<Pu
             .payload()
             .and_then(|payload| <pb::OrderEvent as prost::Message>::decode(payload).ok())
         {
+            let headers = message.headers().map_or_else(Vec::new, |headers| {
+                headers
+                    .iter()
+                    .map(|header| (header.key.to_string(), header.value.unwrap_or_default().to_vec()))
+                    .collect()
+            });
             published.push(Published {
                 partition: message.partition(),
                 offset: message.offset(),
                 event,
+                headers,
             });
         }
     }

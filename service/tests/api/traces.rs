@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use harness::app::spawn_app;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use harness::topic;
 use service::proto::orders::v1 as pb;
 use service::telemetry::trace_context::{TRACEPARENT, TraceParent};
 
@@ -118,33 +116,21 @@ async fn wait_for_line(logs: &Mutex<Vec<u8>>, trace_id: &str, message: &str) -> 
     None
 }
 
-/// The `traceparent` header of the event announcing `version` of the order.
+/// The `traceparent` header of the event announcing `version` of the order (in the topic already: the
+/// updater applied it).
 async fn event_traceparent(settings: &service::config::Settings, order_id: i64, version: i64) -> String {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_brokers)
-        .set("group.id", format!("{}-trace-reader", settings.updater_group))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&settings.orders_topic]).expect("subscribe");
-    loop {
-        let message = tokio::time::timeout(DEADLINE, consumer.recv())
-            .await
-            .expect("the event within the deadline")
-            .expect("no consumer error");
-        let event: Option<pb::OrderEvent> = message
-            .payload()
-            .and_then(|payload| prost::Message::decode(payload).ok());
-        let announced = event
-            .and_then(|event| event.order)
-            .is_some_and(|order| order.order_id == order_id && order.version == version);
-        if announced {
-            return message
-                .headers()
-                .and_then(|headers| headers.iter().find(|header| header.key == TRACEPARENT))
-                .and_then(|header| header.value)
-                .map(|value| String::from_utf8_lossy(value).into_owned())
-                .expect("a traceparent header");
-        }
-    }
+    let events = topic::read_events(&settings.kafka_brokers, &settings.orders_topic, DEADLINE)
+        .await
+        .expect("the topic read to its end");
+    let announcing = events
+        .iter()
+        .find(|published| {
+            published
+                .event
+                .order
+                .as_ref()
+                .is_some_and(|order| order.order_id == order_id && order.version == version)
+        })
+        .expect("the event in the topic");
+    announcing.header(TRACEPARENT).expect("a traceparent header")
 }
