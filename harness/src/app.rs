@@ -11,7 +11,6 @@
 //! The RPC helpers of [`App`] panic with the call that failed: they are for tests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use service::config::{Component, Settings};
@@ -28,7 +27,7 @@ use tonic::transport::Channel;
 
 use crate::client::OrdersClient;
 use crate::inspect::CacheInspector;
-use crate::stack::{Backend, RedisMode, Stack, StackError, StackOptions};
+use crate::stack::{Endpoints, RedisMode, Stack, StackError, StackOptions};
 
 /// Every part of the service.
 pub const ALL: [Component; 3] = [Component::Api, Component::Relay, Component::Updater];
@@ -60,11 +59,36 @@ pub enum AppError {
     Panicked,
 }
 
-/// The stack shared by the tests of one test binary (never stopped by them). Its processes die with
-/// the binary (parent-death signal); its directory is removed by the next run.
+/// Names the endpoints file of the stack a test run shares (`stack up`'s output): set by `ci/test.sh`.
+pub const SHARED_STACK_VAR: &str = "HARNESS_SHARED_STACK";
+
+/// The stack the tests of this run share, never stopped by them: the one `ci/test.sh` started for
+/// every test process of the run ([`SHARED_STACK_VAR`]), else one of this process's own, whose
+/// servers die with it (parent-death signal). Tests on it isolate themselves by [`Environment`] and
+/// must not stop, kill or wipe its servers: those take [`own_stack`].
 pub async fn shared_stack() -> &'static Stack {
     static STACK: OnceCell<Stack> = OnceCell::const_new();
-    STACK.get_or_init(|| async { own_stack().await }).await
+    STACK
+        .get_or_init(|| async {
+            let Some(file) = std::env::var_os(SHARED_STACK_VAR) else {
+                return own_stack().await;
+            };
+            let attached = match std::fs::read_to_string(&file) {
+                Ok(text) => match Endpoints::from_exports(&text) {
+                    Ok(endpoints) => Stack::attach(endpoints, StackOptions::local(RedisMode::Single)).await,
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(StackError::Io(error)),
+            };
+            attached.unwrap_or_else(|e| {
+                panic!(
+                    "the shared stack named by {SHARED_STACK_VAR}={}: {}",
+                    file.to_string_lossy(),
+                    ErrorChain(&e)
+                )
+            })
+        })
+        .await
 }
 
 /// A local stack of its own, for a test that stops, kills or wipes its servers.
@@ -74,13 +98,7 @@ pub async fn own_stack() -> Stack {
 
 /// A local stack of its own with one Redis or a Redis Cluster.
 pub async fn own_stack_with(redis: RedisMode) -> Stack {
-    let options = StackOptions {
-        backend: Some(Backend::Local),
-        kafka_nodes: 1,
-        topics: vec![],
-        redis,
-    };
-    Stack::start(options)
+    Stack::start(StackOptions::local(redis))
         .await
         .unwrap_or_else(|e| panic!("the test stack did not start: {}", ErrorChain(&e)))
 }
@@ -93,6 +111,9 @@ pub async fn spawn_app() -> App {
         .unwrap_or_else(|e| panic!("spawning the app: {}", ErrorChain(&e)))
 }
 
+/// Orders one environment may create before its ids run into the next one's.
+const ORDER_IDS_PER_ENVIRONMENT: i64 = 1_000_000;
+
 /// What one instance of the service needs of a stack.
 #[derive(Clone)]
 pub struct Environment {
@@ -101,8 +122,6 @@ pub struct Environment {
     pub storage: Storage,
     pub cache: CacheInspector,
 }
-
-static NEXT_ENVIRONMENT: AtomicI64 = AtomicI64::new(1);
 
 impl Environment {
     /// Database `name`, topic `<name>-order-events` (3 partitions, as the service creates it), its
@@ -130,15 +149,18 @@ impl Environment {
         })
     }
 
-    /// A new environment with a unique name, whose order ids start in a range of their own. Panics if
-    /// the stack refuses it (for tests).
+    /// A new environment named after a number unique on the stack (whichever process asks), whose
+    /// order ids start in a range of their own: the Redis key space is shared. Panics if the stack
+    /// refuses it (for tests).
     pub async fn fresh(stack: &Stack) -> Self {
-        let n = NEXT_ENVIRONMENT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("t{}_{n}", std::process::id());
-        let env = Self::new(stack, &name)
+        let n = stack
+            .unique_number()
+            .await
+            .unwrap_or_else(|e| panic!("a number for a test environment: {}", ErrorChain(&e)));
+        let env = Self::new(stack, &format!("t{n}"))
             .await
             .unwrap_or_else(|e| panic!("a test environment: {}", ErrorChain(&e)));
-        let first_id = (std::process::id() as i64 % 1000) * 1_000_000_000 + n * 1_000_000 + 1;
+        let first_id = n * ORDER_IDS_PER_ENVIRONMENT + 1;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "ALTER SEQUENCE orders_id_seq RESTART WITH {first_id}"
         )))

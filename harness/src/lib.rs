@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod stack;
 pub mod stats;
+pub mod test_logs;
 pub mod topic;
 
 pub use stack::{

@@ -16,13 +16,6 @@ use service::reads::ReadThrough;
 
 const TTL: Duration = Duration::from_secs(60);
 
-/// Ids no other test of this binary uses (the Redis is shared).
-fn fresh_id() -> OrderId {
-    static NEXT: AtomicI64 = AtomicI64::new(1);
-    let base = 9_000_000_000_000 + (std::process::id() as i64 % 10_000) * 100_000;
-    OrderId::parse(base + NEXT.fetch_add(1, Ordering::Relaxed)).expect("positive")
-}
-
 fn version(id: OrderId, version: i64) -> pb::Order {
     pb::Order {
         order_id: id.get(),
@@ -33,6 +26,10 @@ fn version(id: OrderId, version: i64) -> pb::Order {
 }
 
 struct Fixture {
+    /// The first of this fixture's order ids: a range no other test uses, in this process or another
+    /// one on the same stack (the Redis is shared).
+    first_id: i64,
+    next_id: AtomicI64,
     cache: OrderCache,
     redis: redis::aio::MultiplexedConnection,
     redis_url: String,
@@ -46,11 +43,19 @@ impl Fixture {
             .get_multiplexed_async_connection()
             .await
             .expect("redis");
+        let number = stack.unique_number().await.expect("a number unique on the stack");
         Self {
+            first_id: 9_000_000_000_000 + number * 100_000,
+            next_id: AtomicI64::new(0),
             cache: OrderCache::connect_lazy(stack.redis_url(), TTL).expect("cache"),
             redis,
             redis_url: stack.redis_url().to_string(),
         }
+    }
+
+    fn fresh_id(&self) -> OrderId {
+        let id = self.first_id + self.next_id.fetch_add(1, Ordering::Relaxed);
+        OrderId::parse(id).expect("positive")
     }
 
     async fn lease(&self, id: OrderId) -> Option<Lease> {
@@ -128,7 +133,7 @@ impl Fixture {
 #[tokio::test]
 async fn a_late_fill_after_the_key_was_evicted_does_not_bring_back_an_older_version() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let slow_reader = fx.lease(id).await.expect("the slow reader's lease");
     // Version 5 commits; the updater revokes the slow reader's lease...
     assert_eq!(fx.update(&version(id, 5)).await, WriteOutcome::Invalidated);
@@ -149,7 +154,7 @@ async fn a_late_fill_after_the_key_was_evicted_does_not_bring_back_an_older_vers
 #[tokio::test]
 async fn a_late_fill_after_the_key_expired_does_not_land() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let slow_reader = fx.lease(id).await.expect("the slow reader's lease");
     fx.update(&version(id, 5)).await;
     fx.cache_version_5(id).await;
@@ -162,7 +167,7 @@ async fn a_late_fill_after_the_key_expired_does_not_land() {
 #[tokio::test]
 async fn a_late_fill_after_the_key_was_leased_again_does_not_land() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let slow_reader = fx.lease(id).await.expect("the slow reader's lease");
     fx.update(&version(id, 5)).await;
     fx.cache_version_5(id).await;
@@ -183,7 +188,7 @@ async fn a_late_fill_after_the_key_was_leased_again_does_not_land() {
 #[tokio::test]
 async fn a_late_fill_cannot_overwrite_a_newer_entry() {
     let fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let slow_reader = fx.lease(id).await.expect("a lease");
     let other = {
         assert_eq!(fx.update(&version(id, 5)).await, WriteOutcome::Invalidated);
@@ -198,7 +203,7 @@ async fn a_late_fill_cannot_overwrite_a_newer_entry() {
 #[tokio::test]
 async fn a_missing_key_is_leased_to_one_reader_at_a_time() {
     let fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     assert!(fx.lease(id).await.is_some());
     assert!(fx.lease(id).await.is_none(), "the second reader gets no lease");
     assert_eq!(fx.held(id).await, Cached::Miss, "a lease reads as a miss");
@@ -207,7 +212,7 @@ async fn a_missing_key_is_leased_to_one_reader_at_a_time() {
 #[tokio::test]
 async fn the_updater_never_creates_an_entry_and_updates_one_that_is_there() {
     let fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     assert_eq!(fx.update(&version(id, 3)).await, WriteOutcome::Absent);
     assert_eq!(fx.held(id).await, Cached::Miss);
 
@@ -230,7 +235,7 @@ async fn the_updater_never_creates_an_entry_and_updates_one_that_is_there() {
 #[tokio::test]
 async fn a_redelivered_event_after_a_refill_is_stale() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     fx.cache_version_5(id).await;
     fx.delete(id).await;
     // Redelivered from an older offset: the key is absent, so nothing is written.
@@ -243,7 +248,7 @@ async fn a_redelivered_event_after_a_refill_is_stale() {
 #[tokio::test]
 async fn a_lease_replaces_an_unreadable_value_only_if_it_is_still_there() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let key = service::cache::key(id.get());
     let _: () = redis::cmd("SET")
         .arg(&key)
@@ -274,7 +279,7 @@ async fn a_lease_replaces_an_unreadable_value_only_if_it_is_still_there() {
 #[tokio::test]
 async fn leases_and_entries_expire() {
     let mut fx = Fixture::new().await;
-    let id = fresh_id();
+    let id = fx.fresh_id();
     let lease = fx.lease(id).await.expect("a lease");
     let lease_ttl = fx.pttl(id).await;
     assert!(

@@ -17,9 +17,9 @@ use tokio_stream::StreamExt;
 
 use support::channel_consumer_checker::{self, History, Report};
 use support::channel_consumer_fixtures::{
-    Assignment, Leave, Member, TestResult, committed_offsets, consumer_config, end_offsets, produce,
-    produce_keys, produce_one, producer, record_and_handle, record_commits, record_delivery, sample_commits,
-    shared_stack, wait_until_all_handled,
+    Assignment, Leave, Member, TestResult, committed_offsets, consumer_config, end_offsets, fresh_topic,
+    produce, produce_keys, produce_one, producer, record_and_handle, record_commits, record_delivery,
+    sample_commits, shared_stack, wait_until_all_handled,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -66,8 +66,9 @@ fn print_report(test: &str, report: &Report) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_consumer_reads_three_partitions_without_starving_any() -> TestResult {
     let stack = shared_stack().await;
-    let (brokers, topic) = (stack.kafka_brokers(), "fairness");
-    stack.create_topic(topic, 3).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "fairness", 3).await?;
+    let topic = topic.as_str();
     let history = Arc::new(History::new());
     let producer = producer(brokers)?;
     // A backlog on partition 0...
@@ -75,7 +76,7 @@ async fn one_consumer_reads_three_partitions_without_starving_any() -> TestResul
 
     // ...read by a reader slower than Kafka (20 ms per batch of up to 100, so at least 4 s for the
     // backlog): the buffer stays full, and a naive consumer would let the backlog crowd out the rest.
-    let config = consumer_config(brokers, "fairness-group", Assignment::EagerRange);
+    let config = consumer_config(brokers, &group, Assignment::EagerRange);
     let consumer = ChannelConsumer::<i64, String>::new(config, topic, 300, None, None)?;
     let member = Member::spawn(0, consumer, history.clone(), Duration::from_millis(20));
 
@@ -142,11 +143,12 @@ async fn one_consumer_reads_three_partitions_without_starving_any() -> TestResul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_left_unhandled_is_reported_stuck_until_it_is_handled() -> TestResult {
     let stack = shared_stack().await;
-    let (brokers, topic) = (stack.kafka_brokers(), "stuck-message");
-    stack.create_topic(topic, 1).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "stuck-message", 1).await?;
+    let topic = topic.as_str();
     let history = History::new();
     produce_keys(&producer(brokers)?, topic, (0..5).map(|key| (0, key)), &history).await?;
-    let config = consumer_config(brokers, "stuck-message-group", Assignment::EagerRange);
+    let config = consumer_config(brokers, &group, Assignment::EagerRange);
     let mut consumer = ChannelConsumer::<i64, String>::builder(config, topic)
         .stuck_after(Duration::from_secs(1))
         .build()?;
@@ -187,12 +189,13 @@ async fn a_reader_that_takes_without_handling_is_held_to_a_bound() -> TestResult
     const BACKLOG: i64 = 2_000;
     const CONSUME_SIZE: usize = 100;
     let stack = shared_stack().await;
-    let (brokers, topic) = (stack.kafka_brokers(), "hoarding-reader");
-    stack.create_topic(topic, 3).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "hoarding-reader", 3).await?;
+    let topic = topic.as_str();
     let history = History::new();
     let keys = (0..3 * BACKLOG).map(|key| ((key % 3) as i32, key));
     produce_keys(&producer(brokers)?, topic, keys, &history).await?;
-    let config = consumer_config(brokers, "hoarding-reader-group", Assignment::EagerRange);
+    let config = consumer_config(brokers, &group, Assignment::EagerRange);
     let mut consumer = ChannelConsumer::<i64, String>::new(config, topic, CONSUME_SIZE, None, None)?;
 
     // Take whatever comes (after the group join) until nothing more does for 2 s: the consumer
@@ -261,13 +264,14 @@ async fn three_backlogs_and_a_slow_reader_keep_every_partition_served() -> TestR
     const BACKLOG: i64 = 3_000;
     const CONSUME_SIZE: usize = 300;
     let stack = shared_stack().await;
-    let (brokers, topic) = (stack.kafka_brokers(), "three-backlogs");
-    stack.create_topic(topic, 3).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "three-backlogs", 3).await?;
+    let topic = topic.as_str();
     let history = Arc::new(History::new());
     let keys = (0..3 * BACKLOG).map(|key| ((key % 3) as i32, key));
     produce_keys(&producer(brokers)?, topic, keys, &history).await?;
 
-    let config = consumer_config(brokers, "three-backlogs-group", Assignment::EagerRange);
+    let config = consumer_config(brokers, &group, Assignment::EagerRange);
     let consumer = ChannelConsumer::<i64, String>::new(config, topic, CONSUME_SIZE, None, None)?;
     // 2 ms per batch of up to 100: slower than the broker, which has everything ready.
     let member = Member::spawn(0, consumer, history.clone(), Duration::from_millis(2));
@@ -304,8 +308,7 @@ async fn members_join_and_leave(name: &str, assignment: Assignment, at_most: usi
     const PARTITIONS: i32 = 6;
     let stack = shared_stack().await;
     let brokers = stack.kafka_brokers();
-    let (topic, group) = (name.to_string(), format!("{name}-group"));
-    stack.create_topic(&topic, PARTITIONS).await?;
+    let (topic, group) = fresh_topic(stack, name, PARTITIONS).await?;
     let history = Arc::new(History::new());
     // Under the consumer protocol, reassignments travel with heartbeats, 5 s apart at the least.
     let step = match assignment {
@@ -424,13 +427,14 @@ async fn two_members_join_and_leave_with_the_consumer_protocol() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_order_handling_commits_only_the_contiguous_prefix_across_offset_gaps() -> TestResult {
     let stack = shared_stack().await;
-    let (brokers, topic, group) = (stack.kafka_brokers(), "out-of-order", "out-of-order-group");
-    stack.create_topic(topic, 1).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "out-of-order", 1).await?;
+    let (topic, group) = (topic.as_str(), group.as_str());
 
     // Two transactions of five: each commit marker takes an offset, so the offsets have gaps.
     let transactional: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("transactional.id", "out-of-order-producer")
+        .set("transactional.id", format!("{topic}-producer"))
         .create()?;
     tokio::task::block_in_place(|| transactional.init_transactions(Duration::from_secs(30)))?;
     for transaction in 0..2 {
@@ -506,8 +510,9 @@ async fn out_of_order_handling_commits_only_the_contiguous_prefix_across_offset_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_not_kicked_out_of_the_group() -> TestResult {
     let stack = shared_stack().await;
-    let (brokers, topic, group) = (stack.kafka_brokers(), "slow-reader", "slow-reader-group");
-    stack.create_topic(topic, 3).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "slow-reader", 3).await?;
+    let (topic, group) = (topic.as_str(), group.as_str());
     let history = History::new();
     produce(&producer(brokers)?, topic, 3, 0, 3_000, &history).await?;
 
@@ -555,8 +560,9 @@ async fn a_slow_reader_is_not_kicked_out_of_the_group() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_an_error_item_that_can_be_handled_and_the_stream_goes_on() -> TestResult {
     let stack = shared_stack().await;
-    let (brokers, topic, group) = (stack.kafka_brokers(), "poison", "poison-group");
-    stack.create_topic(topic, 1).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "poison", 1).await?;
+    let (topic, group) = (topic.as_str(), group.as_str());
     let producer = producer(brokers)?;
     let good = |key: i64| (key.to_be_bytes().to_vec(), format!("message {key}").into_bytes());
     let mut records: Vec<(Vec<u8>, Vec<u8>)> = (0..5).map(good).collect();
@@ -646,8 +652,9 @@ async fn close_and_restart_resume_exactly_at_the_committed_offsets() -> TestResu
     const PARTITIONS: i32 = 3;
     const HANDLED_BEFORE_CLOSE: usize = 50;
     let stack = shared_stack().await;
-    let (brokers, topic, group) = (stack.kafka_brokers(), "restart", "restart-group");
-    stack.create_topic(topic, PARTITIONS).await?;
+    let brokers = stack.kafka_brokers();
+    let (topic, group) = fresh_topic(stack, "restart", PARTITIONS).await?;
+    let (topic, group) = (topic.as_str(), group.as_str());
     let history = Arc::new(History::new());
     produce(&producer(brokers)?, topic, PARTITIONS, 0, 600, &history).await?;
 
@@ -726,8 +733,7 @@ async fn crash_before_handling(
     const PARTITIONS: i32 = 3;
     let stack = shared_stack().await;
     let brokers = stack.kafka_brokers();
-    let (topic, group) = (name.to_string(), format!("{name}-group"));
-    stack.create_topic(&topic, PARTITIONS).await?;
+    let (topic, group) = fresh_topic(stack, name, PARTITIONS).await?;
     let history = Arc::new(History::new());
     produce(&producer(brokers)?, &topic, PARTITIONS, 0, 300, &history).await?;
     let (stop_sampling, sampler) = sample_commits(brokers, &group, &topic, PARTITIONS, history.clone());

@@ -94,9 +94,11 @@ async fn main() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => return Ok(()),
         _ = terminate.recv() => return Ok(()),
     };
-    println!("export DATABASE_URL={}", stack.database_url());
-    println!("export REDIS_URL={}", stack.redis_url());
-    println!("export KAFKA_BROKERS={}", stack.kafka_brokers());
+    print!("{}", stack.endpoints().exports());
+    if let Some(dir) = stack.directory() {
+        // For scripts that keep the servers' logs of a failed run (ci/test.sh).
+        println!("# directory {}", dir.display());
+    }
     println!("ready");
     if let Some(dir) = stack.directory() {
         eprintln!(

@@ -21,7 +21,7 @@ use crate::client::OrdersClient;
 use crate::metrics::{samples, scrape};
 use crate::node::Variant;
 use crate::stack::process::{Launch, ManagedProcess};
-use crate::stack::{Stack, StackError};
+use crate::stack::{Stack, StackError, ports};
 use service::cache::{RedisConnection, RedisTarget};
 
 /// What one run needs to know to start instances.
@@ -79,7 +79,7 @@ impl Cluster {
         let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await?;
         std::fs::create_dir_all(&config.log_dir)?;
 
-        let api_address = free_address()?;
+        let api_address = ports::reserve_address()?;
         let mut cluster = Self {
             database_url,
             redis_url: stack.redis_url().to_string(),
@@ -127,6 +127,7 @@ impl Cluster {
                 ("RUST_LOG".into(), "info,rdkafka=warn".into()),
             ],
             log: self.config.log_dir.join(format!("{name}.log")),
+            server_log: None,
             run_as: None,
             stop_signal: libc::SIGTERM,
         };
@@ -154,7 +155,7 @@ impl Cluster {
 
     fn start_updater(&mut self) -> Result<(), StackError> {
         self.next_updater += 1;
-        let metrics = free_address()?;
+        let metrics = ports::reserve_address()?;
         let process = self.spawn(
             "updater",
             &format!("updater-{}", self.next_updater),
@@ -226,10 +227,6 @@ impl Cluster {
     pub fn log_dir(&self) -> &Path {
         &self.config.log_dir
     }
-}
-
-fn free_address() -> Result<SocketAddr, StackError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// How often each partition was assigned to an updater, from its `/metrics`

@@ -17,6 +17,8 @@
 mod docker;
 pub mod error;
 mod local;
+mod numbering;
+pub mod ports;
 pub(crate) mod process;
 mod readiness;
 pub mod redis_cluster;
@@ -128,6 +130,33 @@ pub struct Endpoints {
     pub kafka_brokers: String,
 }
 
+impl Endpoints {
+    /// One `export NAME=value` line each, as `stack up` prints them and a shell `eval`s them.
+    pub fn exports(&self) -> String {
+        format!(
+            "export DATABASE_URL={}\nexport REDIS_URL={}\nexport KAFKA_BROKERS={}\n",
+            self.database_url, self.redis_url, self.kafka_brokers
+        )
+    }
+
+    /// The endpoints in `text` of [`exports`](Self::exports) lines (other lines are ignored).
+    pub fn from_exports(text: &str) -> Result<Self> {
+        let value = |name: &'static str| {
+            text.lines()
+                .filter_map(|line| line.strip_prefix("export "))
+                .filter_map(|line| line.split_once('='))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.trim().to_string())
+                .ok_or(StackError::MissingEndpoint(name))
+        };
+        Ok(Self {
+            database_url: value("DATABASE_URL")?,
+            redis_url: value("REDIS_URL")?,
+            kafka_brokers: value("KAFKA_BROKERS")?,
+        })
+    }
+}
+
 /// A topic the stack creates before it counts as started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
@@ -153,6 +182,18 @@ pub struct StackOptions {
     pub topics: Vec<TopicSpec>,
     /// One Redis, or a cluster (local backend only).
     pub redis: RedisMode,
+}
+
+impl StackOptions {
+    /// Private local processes, one Kafka node, no topics made in advance: a test's stack of its own.
+    pub fn local(redis: RedisMode) -> Self {
+        Self {
+            backend: Some(Backend::Local),
+            kafka_nodes: 1,
+            topics: vec![],
+            redis,
+        }
+    }
 }
 
 impl Default for StackOptions {
@@ -208,7 +249,7 @@ impl Stack {
                 let (stack, endpoints) = docker::DockerStack::start(kafka_nodes).await?;
                 (Running::Docker(Box::new(stack)), endpoints)
             }
-            Backend::External => (Running::External, external_endpoints()?),
+            Backend::External => return Self::attach(external_endpoints()?, options).await,
         };
         let stack = Self {
             backend,
@@ -218,20 +259,38 @@ impl Stack {
             topics: Mutex::new(Vec::new()),
             running,
         };
-        if backend == Backend::External {
-            readiness::postgres_answers(&stack.endpoints.database_url)
-                .await
-                .map_err(|e| StackError::Setup(format!("DATABASE_URL does not answer: {e}")))?;
-            for url in stack.redis_nodes() {
-                readiness::redis_answers(url)
-                    .await
-                    .map_err(|e| StackError::Setup(format!("REDIS_URL does not answer: {e}")))?;
-            }
-        }
-        for topic in &options.topics {
-            stack.create_topic(&topic.name, topic.partitions).await?;
-        }
+        stack.create_topics(&options.topics).await?;
         Ok(stack)
+    }
+
+    /// The `external` backend on `endpoints`: servers someone else runs (a shared stack of a test
+    /// run, say), checked to answer; `options.backend` is ignored.
+    pub async fn attach(endpoints: Endpoints, options: StackOptions) -> Result<Self> {
+        readiness::postgres_answers(&endpoints.database_url)
+            .await
+            .map_err(|e| StackError::Setup(format!("DATABASE_URL does not answer: {e}")))?;
+        let stack = Self {
+            backend: Backend::External,
+            endpoints,
+            kafka_nodes: options.kafka_nodes.max(1),
+            redis: options.redis,
+            topics: Mutex::new(Vec::new()),
+            running: Running::External,
+        };
+        for url in stack.redis_nodes() {
+            readiness::redis_answers(url)
+                .await
+                .map_err(|e| StackError::Setup(format!("REDIS_URL does not answer: {e}")))?;
+        }
+        stack.create_topics(&options.topics).await?;
+        Ok(stack)
+    }
+
+    async fn create_topics(&self, topics: &[TopicSpec]) -> Result<()> {
+        for topic in topics {
+            self.create_topic(&topic.name, topic.partitions).await?;
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -274,6 +333,12 @@ impl Stack {
             topics.push(TopicSpec::new(name, partitions));
         }
         Ok(())
+    }
+
+    /// A number no one else gets from this stack, in this process or any other (1, 2, 3, ...): for
+    /// names and id ranges of tests that share the stack.
+    pub async fn unique_number(&self) -> Result<i64> {
+        numbering::next(self.database_url()).await
     }
 
     /// A new, empty database on the stack's PostgreSQL; returns its URL. Tests use one each.

@@ -71,6 +71,9 @@ pub struct Launch {
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
     pub log: PathBuf,
+    /// Where the server writes its own log, when that is not its output (Kafka logs through log4j2 to
+    /// `server.log` and prints next to nothing): the log that says why it did not start.
+    pub server_log: Option<PathBuf>,
     /// Run as this uid/gid (PostgreSQL refuses to run as root).
     pub run_as: Option<(u32, u32)>,
     /// The signal of a graceful stop: SIGTERM, but for PostgreSQL, whose SIGTERM ("smart" shutdown)
@@ -112,6 +115,7 @@ impl ManagedProcess {
                 args: Vec::new(),
                 envs: Vec::new(),
                 log: PathBuf::from("/dev/null"),
+                server_log: None,
                 run_as: None,
                 stop_signal: libc::SIGTERM,
             },
@@ -140,8 +144,9 @@ impl ManagedProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The log that has the server's own account: [`Launch::server_log`], else its output.
     pub fn log_path(&self) -> &Path {
-        &self.launch.log
+        self.launch.server_log.as_deref().unwrap_or(&self.launch.log)
     }
 
     /// True while the process has not exited (reaping it if it has).
@@ -195,9 +200,22 @@ impl ManagedProcess {
         unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
     }
 
-    /// The last lines of the process's output, for error messages.
+    /// The last lines of the server's log, for error messages, and of its output if that is another
+    /// file and not empty (a JVM that cannot start says so on its output).
     pub fn log_tail(&self, lines: usize) -> String {
-        log_tail(&self.launch.log, lines)
+        let server = log_tail(self.log_path(), lines);
+        let output = match &self.launch.server_log {
+            Some(_) => log_tail(&self.launch.log, lines),
+            None => String::new(),
+        };
+        if output.trim().is_empty() {
+            server
+        } else {
+            format!(
+                "{server}\n--- last lines of {} ---\n{output}",
+                self.launch.log.display()
+            )
+        }
     }
 }
 

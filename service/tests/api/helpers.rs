@@ -44,8 +44,7 @@ impl Drop for ServiceProcess {
     }
 }
 
-/// A free loopback address.
+/// A loopback address no other process can take before the service binds it.
 pub fn free_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    harness::stack::ports::reserve_address().expect("a free loopback port")
 }

@@ -24,6 +24,20 @@ pub async fn shared_stack() -> &'static harness::Stack {
     harness::app::shared_stack().await
 }
 
+/// A new topic `<name>-<n>` with `partitions`, and the group `<name>-<n>-group` to read it, where `n` is
+/// unique on the stack: the stack is shared by every test process of a run, and a stress run starts
+/// the same test many times on it (a fixed name would find the last run's messages and offsets).
+pub async fn fresh_topic(
+    stack: &harness::Stack,
+    name: &str,
+    partitions: i32,
+) -> TestResult<(String, String)> {
+    let topic = format!("{name}-{}", stack.unique_number().await?);
+    stack.create_topic(&topic, partitions).await?;
+    let group = format!("{topic}-group");
+    Ok((topic, group))
+}
+
 /// `RUST_LOG=service=debug,librdkafka=info` shows what the consumers do.
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

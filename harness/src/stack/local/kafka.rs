@@ -91,6 +91,7 @@ pub fn prepare(dir: &Path, nodes: &[NodePorts]) -> Result<Vec<Launch>> {
             ],
             envs: vec![],
             log: node_dir.join("stdout.log"),
+            server_log: Some(node_dir.join("server.log")),
             run_as: None,
             stop_signal: libc::SIGTERM,
         });

@@ -10,11 +10,11 @@ mod workdir;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use self::workdir::{WorkDir, free_port, free_ports};
+use self::workdir::WorkDir;
 use super::error::{Result, StackError};
 use super::process::{Launch, ManagedProcess};
 use super::readiness::{self, READY_TIMEOUT};
-use super::{Endpoints, REDIS_CLUSTER_MASTERS, RedisMode, Service, redis_cluster, tools};
+use super::{Endpoints, REDIS_CLUSTER_MASTERS, RedisMode, Service, ports, redis_cluster, tools};
 
 type Shared = Arc<Mutex<ManagedProcess>>;
 
@@ -31,15 +31,14 @@ pub struct LocalStack {
 impl LocalStack {
     pub async fn start(kafka_nodes: usize, redis_mode: RedisMode) -> Result<(Self, Endpoints)> {
         let workdir = WorkDir::create()?;
-        let pg_port = free_port()?;
-        let kafka_ports = (0..kafka_nodes.max(1))
-            .map(|_| {
-                Ok(kafka::NodePorts {
-                    broker: free_port()?,
-                    controller: free_port()?,
-                })
+        let pg_port = ports::reserve_one()?;
+        let kafka_ports: Vec<kafka::NodePorts> = ports::reserve(2 * kafka_nodes.max(1))?
+            .chunks(2)
+            .map(|pair| kafka::NodePorts {
+                broker: pair[0],
+                controller: pair[1],
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
 
         // initdb and Kafka's storage format each take a second or so of process start-up: overlap them.
         let dir = workdir.path().to_path_buf();
@@ -52,8 +51,8 @@ impl LocalStack {
             move || kafka::prepare(&dir, &ports)
         });
         let redis_launches = match redis_mode {
-            RedisMode::Single => vec![redis::prepare(&dir, free_port()?)?],
-            RedisMode::Cluster => free_ports(REDIS_CLUSTER_MASTERS * 4)?
+            RedisMode::Single => vec![redis::prepare(&dir, ports::reserve_one()?)?],
+            RedisMode::Cluster => ports::reserve(REDIS_CLUSTER_MASTERS * 4)?
                 .chunks(2)
                 .enumerate()
                 .map(|(index, ports)| {
@@ -99,6 +98,8 @@ impl LocalStack {
         pg?;
         redis?;
         kafka?;
+        let mut stack = stack;
+        stack.workdir.mark_started();
         Ok((stack, endpoints))
     }
 

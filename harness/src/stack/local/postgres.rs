@@ -74,6 +74,7 @@ pub fn prepare(dir: &Path, port: u16) -> Result<PostgresLaunch> {
         .collect(),
         envs: vec![],
         log: dir.join("postgres.log"),
+        server_log: None,
         run_as,
         stop_signal: libc::SIGINT,
     };

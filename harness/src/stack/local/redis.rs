@@ -84,6 +84,7 @@ fn prepare_server(dir: &Path, name: &str, port: u16, extra: &[String]) -> Result
         args,
         envs: vec![],
         log: dir.join(format!("{name}.log")),
+        server_log: None,
         run_as: None,
         stop_signal: libc::SIGTERM,
     };

@@ -4,9 +4,8 @@
 //! `owner` file with the pid of the process that started it. A run that was killed (so `Drop` never ran)
 //! leaves its directory behind; its servers died with it (parent-death signal), so the next start only
 //! has to notice that the owner is gone and delete the directory. Ports are never reused from a
-//! previous run, so a leftover can never make a new stack fail to bind.
+//! previous run, so a leftover can never make a new stack fail to bind (ports: [`super::super::ports`]).
 
-use std::net::TcpListener;
 use std::path::Path;
 
 use tempfile::TempDir;
@@ -17,6 +16,8 @@ const PREFIX: &str = "orders-cache-stack-";
 
 pub struct WorkDir {
     dir: TempDir,
+    /// Set once every server answered: a stack dropped before that failed to start.
+    started: bool,
 }
 
 impl WorkDir {
@@ -26,11 +27,27 @@ impl WorkDir {
         // PostgreSQL runs as an unprivileged user when we are root: it must be able to reach its directory.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         std::fs::write(dir.path().join("owner"), std::process::id().to_string())?;
-        Ok(Self { dir })
+        Ok(Self { dir, started: false })
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Every server answered: from now on the logs are kept only if the stack is dropped by a panic.
+    pub fn mark_started(&mut self) {
+        self.started = true;
+    }
+}
+
+/// A stack that never started, or one dropped while its test panics, leaves its servers' logs under
+/// `target/test-logs/` before its directory goes.
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.started || std::thread::panicking() {
+            let name = self.dir.path().file_name().unwrap_or_default().to_string_lossy();
+            crate::test_logs::keep(self.dir.path(), &name);
+        }
     }
 }
 
@@ -52,20 +69,4 @@ fn remove_leftovers() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// A loopback port that is free right now (the kernel picks it; we release it for the server to bind).
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// `n` distinct free loopback ports: all are held at once before they are released, so that the
-/// kernel cannot hand out the same port twice (which separate [`free_port`] calls may).
-pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    held.iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
 }
