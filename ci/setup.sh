@@ -7,6 +7,7 @@
 #   maven: the Apache Kafka broker jars (ci/kafka/pom.xml) into ~/.cache/orders-cache/kafka-<version>,
 #          Kafka's tools (ci/kafka/tools/pom.xml) into ~/.cache/orders-cache/kafka-tools-<version>
 #   go:    grpcurl, for exploring the API through server reflection
+#   cargo: cargo-nextest, the test runner
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,4 +77,14 @@ if ! command -v grpcurl >/dev/null 2>&1 && [ ! -x "$gobin/grpcurl" ]; then
   fi
 fi
 
-say "ready (postgres, redis-server, kcat, java $(java_major), kafka $kafka_version jars and tools)"
+# --- cargo-nextest --------------------------------------------------------------------------------
+# The test runner of ci/test.sh (.config/nextest.toml). Built from crates.io the first time (a few
+# minutes on two cores), found at once after that.
+nextest_version=0.9.151
+if ! cargo nextest --version 2>/dev/null | grep -q "^cargo-nextest $nextest_version"; then
+  say "installing cargo-nextest $nextest_version (cargo install --locked)"
+  cargo install --locked --quiet "cargo-nextest@$nextest_version" ||
+    die "cargo install of cargo-nextest failed; retry with: cargo install --locked cargo-nextest@$nextest_version"
+fi
+
+say "ready (postgres, redis-server, kcat, java $(java_major), kafka $kafka_version jars and tools, cargo-nextest $nextest_version)"

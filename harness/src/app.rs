@@ -71,7 +71,9 @@ pub async fn shared_stack() -> &'static Stack {
     STACK
         .get_or_init(|| async {
             let Some(file) = std::env::var_os(SHARED_STACK_VAR) else {
-                return own_stack().await;
+                return Stack::start(StackOptions::local(RedisMode::Single))
+                    .await
+                    .unwrap_or_else(|e| panic!("the test stack did not start: {}", ErrorChain(&e)));
             };
             let attached = match std::fs::read_to_string(&file) {
                 Ok(text) => match Endpoints::from_exports(&text) {
@@ -91,6 +93,22 @@ pub async fn shared_stack() -> &'static Stack {
         .await
 }
 
+/// The cargo-nextest test group of tests that start servers of their own (`.config/nextest.toml`): they
+/// run one at a time.
+pub const OWN_STACK_GROUP: &str = "own-stack";
+
+/// Panics unless this test runs in the [`OWN_STACK_GROUP`] (when run by cargo-nextest, which names the
+/// group in `NEXTEST_TEST_GROUP`): a test that starts a stack of its own and is missing from the
+/// group would run beside another one, and two on two cores starve each other's servers.
+pub fn require_own_stack_group() {
+    if let Ok(group) = std::env::var("NEXTEST_TEST_GROUP") {
+        assert_eq!(
+            group, OWN_STACK_GROUP,
+            "this test starts servers of its own: add it to the {OWN_STACK_GROUP} group's filter in .config/nextest.toml"
+        );
+    }
+}
+
 /// A local stack of its own, for a test that stops, kills or wipes its servers.
 pub async fn own_stack() -> Stack {
     own_stack_with(RedisMode::Single).await
@@ -98,6 +116,7 @@ pub async fn own_stack() -> Stack {
 
 /// A local stack of its own with one Redis or a Redis Cluster.
 pub async fn own_stack_with(redis: RedisMode) -> Stack {
+    require_own_stack_group();
     Stack::start(StackOptions::local(redis))
         .await
         .unwrap_or_else(|e| panic!("the test stack did not start: {}", ErrorChain(&e)))
@@ -285,6 +304,38 @@ impl App {
         within: Duration,
     ) -> Result<pb::Order, String> {
         self.env.cache.wait_for_version(order_id, version, within).await
+    }
+
+    /// Events of the app's topic its updater group has not committed (Kafka's own account).
+    pub async fn updater_lag(&self) -> i64 {
+        let settings = self.env.settings.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::lag::group_lag(
+                &settings.kafka_brokers,
+                &settings.updater_group,
+                &settings.orders_topic,
+            )
+        })
+        .await
+        .expect("the lag query runs")
+        .unwrap_or_else(|e| panic!("the updater group's lag: {e:#}"))
+    }
+
+    /// Waits until the updater group committed every event of the app's topic: each was handled
+    /// (written, or found to need no write) and acknowledged. Panics at the deadline with the lag.
+    pub async fn wait_until_handled(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let lag = self.updater_lag().await;
+            if lag == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{lag} events not handled by the updater within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Graceful shutdown, as on SIGTERM, and the service's own verdict on how it went.

@@ -20,9 +20,9 @@ use harness::consistency::scenario::{
 use harness::consistency::workload::Mix;
 use harness::consistency::{ClusterConfig, Invariant, Report, check, run};
 use harness::node::Variant;
-use harness::{Backend, RedisMode, Stack, StackOptions};
+use harness::{RedisMode, Stack, StackOptions};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner};
 
 /// One runtime and one stack per test; runs happen one after another on it.
 struct Harness {
@@ -48,11 +48,10 @@ impl Harness {
             .enable_all()
             .build()
             .expect("a tokio runtime");
+        harness::app::require_own_stack_group();
         let options = StackOptions {
-            backend: Some(Backend::Local),
             kafka_nodes,
-            topics: vec![],
-            redis,
+            ..StackOptions::local(redis)
         };
         let stack = runtime
             .block_on(Stack::start(options))
@@ -80,6 +79,7 @@ impl Harness {
             mix: Mix::Everything,
             initial_updaters: 1,
         };
+        println!("run {index}, {variant:?}:\n{scenario}");
         let name = format!("run{}_{index}", std::process::id());
         let outcome = self
             .runtime
@@ -104,6 +104,15 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{scenario}\n{e}"));
         assert!(report.is_consistent(), "{scenario}\n{}", report.summary(20));
         report
+    }
+}
+
+/// A test that fails leaves its service processes' logs beside its servers' (the stack's own drop).
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            harness::test_logs::keep(&self.logs.path(), "service-processes");
+        }
     }
 }
 
@@ -271,14 +280,43 @@ fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
 
 /// A few cases each (every case is a real run of several seconds); shrinking is bounded for the same
 /// reason. `CONSISTENCY_CASES` runs more generated cases.
-fn runner(cases: u32) -> TestRunner {
+///
+/// The cases come from one seed, printed first: `CONSISTENCY_SEED=<seed>` generates the same
+/// scenarios again, step for step. A scenario the correct service failed is also kept in
+/// `consistency.proptest-regressions` beside this file, which every later run tries first (`keep`);
+/// a catch of a broken variant is the expected outcome and is not kept.
+fn runner(cases: u32, keep: Persistence) -> TestRunner {
+    let seed = std::env::var("CONSISTENCY_SEED")
+        .ok()
+        .map(|text| {
+            text.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("CONSISTENCY_SEED={text:?} is not a number"))
+        })
+        .unwrap_or_else(rand::random);
+    println!("generated scenarios from seed {seed} (replay them: CONSISTENCY_SEED={seed})");
     TestRunner::new(Config {
         cases,
         max_shrink_iters: 3,
-        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(seed),
+        source_file: Some(file!()),
+        failure_persistence: match keep {
+            Persistence::KeepFailures => Some(Box::new(FileFailurePersistence::WithSource(
+                "proptest-regressions",
+            ))),
+            Persistence::Off => None,
+        },
         ..Config::default()
     })
 }
+
+/// Whether a failing generated case is kept for later runs.
+#[derive(Clone, Copy)]
+enum Persistence {
+    KeepFailures,
+    Off,
+}
+
 
 fn cases_from_env(default: u32) -> u32 {
     std::env::var("CONSISTENCY_CASES")
@@ -292,11 +330,12 @@ fn cases_from_env(default: u32) -> u32 {
 /// a failing case, which would pass for a catch.
 fn each_case(
     cases: u32,
+    keep: Persistence,
     strategy: impl Strategy<Value = Scenario>,
     body: impl Fn(&Scenario) -> Result<Result<(), String>, String>,
 ) -> Result<(), TestError<Scenario>> {
     let errors = RefCell::new(Vec::new());
-    let result = runner(cases).run(&strategy, |scenario| {
+    let result = runner(cases, keep).run(&strategy, |scenario| {
         match std::panic::catch_unwind(AssertUnwindSafe(|| body(&scenario))) {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(failure))) => Err(TestCaseError::fail(failure)),
@@ -334,7 +373,7 @@ fn assert_consistent(strategy: impl Strategy<Value = Scenario>) {
 
 /// [`assert_consistent`] on a given harness.
 fn assert_consistent_on(harness: &Harness, strategy: impl Strategy<Value = Scenario>) {
-    let result = each_case(cases_from_env(4), strategy, |scenario| {
+    let result = each_case(cases_from_env(4), Persistence::KeepFailures, strategy, |scenario| {
         let report = harness.run(scenario, Variant::SlowFill)?;
         Ok(if report.is_consistent() {
             Ok(())
@@ -370,7 +409,7 @@ fn assert_caught_on(harness: &Harness, variant: Variant, strategy: impl Strategy
     // the search, so a variant caught early costs nothing more. Offsets stored on receipt are caught in
     // about one case of three (by the third case in each of four runs): 4 cases missed it once in three
     // runs, and 8 once in CI, as (2/3)^8 = 4% says they will; 16 miss with 0.2%.
-    let result = each_case(16, strategy, |scenario| {
+    let result = each_case(16, Persistence::Off, strategy, |scenario| {
         let report = harness.run(scenario, variant)?;
         let violated = report.violated();
         let others: Vec<Invariant> = violated

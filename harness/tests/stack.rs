@@ -16,6 +16,7 @@ use redis::AsyncCommands;
 const TOPIC: &str = "stack-test";
 
 async fn local_stack() -> Stack {
+    harness::app::require_own_stack_group();
     let options = StackOptions {
         backend: Some(Backend::Local),
         kafka_nodes: 1,

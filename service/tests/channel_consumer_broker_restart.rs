@@ -25,6 +25,7 @@ async fn a_broker_crash_is_survived_without_losing_messages() -> TestResult {
     init_tracing();
     const PARTITIONS: i32 = 3;
     let (topic, group) = ("broker-restart", "broker-restart-group");
+    harness::app::require_own_stack_group();
     let stack = harness::Stack::start(harness::StackOptions {
         backend: Some(harness::Backend::Local),
         kafka_nodes: 1,

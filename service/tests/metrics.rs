@@ -40,9 +40,7 @@ async fn page_when(address: SocketAddr, within: Duration, ready: impl Fn(&str) -
 #[tokio::test]
 async fn the_consumer_relay_and_storage_metrics_are_recorded_as_the_service_works() {
     let mut env = Environment::fresh(shared_stack().await).await;
-    let address = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
+    let address = harness::stack::ports::reserve_address().expect("a free port");
     env.settings.metrics_addr = Some(address);
     service::telemetry::init(&env.settings).expect("the metrics endpoint starts");
     let app = env.spawn(&ALL).await.expect("the service starts");

@@ -448,6 +448,16 @@ impl Stack {
             })
     }
 
+    /// Sets the cluster's node timeout on every node: how long a node may go unanswered before its
+    /// peers fail it over (the stack starts with 2 s). For a test that pauses nodes on purpose and
+    /// must not see them failed over meanwhile.
+    pub async fn set_redis_node_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        for url in self.redis_nodes() {
+            redis_cluster::set_node_timeout(url, timeout).await?;
+        }
+        Ok(())
+    }
+
     /// Moves `slots` slots (the lowest it serves), with their keys, from master node `from` to master
     /// node `to`, and waits until every slot is served.
     pub async fn reshard_redis(&self, from: usize, to: usize, slots: usize) -> Result<()> {

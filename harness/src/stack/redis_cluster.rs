@@ -18,6 +18,20 @@ pub const SLOTS: usize = 16_384;
 /// (about a second plus their rank), and margin for a loaded machine.
 pub const FAILOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Sets `cluster-node-timeout` on the node at `url` (at run time: `CONFIG SET`), so a test that must
+/// hold a node back for longer than the stack's default can do so without a failover.
+pub async fn set_node_timeout(url: &str, timeout: Duration) -> Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("cluster-node-timeout")
+        .arg(timeout.as_millis() as u64)
+        .query_async::<()>(&mut connection)
+        .await?;
+    Ok(())
+}
+
 /// One line of `CLUSTER NODES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {

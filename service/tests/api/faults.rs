@@ -118,6 +118,9 @@ async fn reads_succeed_while_redis_is_down_and_the_cache_works_again_after() {
 
     stack.start_service(Service::Redis).await.expect("start redis");
     assert_eq!(app.env.wait_for_empty_outbox(DEADLINE).await, 0);
+    // Its event committed by the group: the updater's retried write ran (its backoff can wait up
+    // to 5 s), and found the key absent.
+    app.wait_until_handled(DEADLINE).await;
     assert_eq!(
         env.cache.entry(order.order_id).await.expect("redis"),
         Cached::Miss,

@@ -190,17 +190,30 @@ async fn a_master_paused_until_replaced_rejoins_and_the_cache_keeps_working() {
 /// The updater acknowledges an event to Kafka only once a replica holds its write: a master answers
 /// before its replica copied the write, and a failover to a replica without it would leave the older
 /// entry in the cache for good, its event already acknowledged.
+///
+/// Decided by conditions, not by the clock: the replicas are paused with the cluster's node timeout
+/// raised (so no failover ends the pause early), the master has the update, the updater has *tried*
+/// to confirm it and been refused (its Redis retries, on its own `/metrics`), and from then on the
+/// event stays uncommitted for two commit intervals (1 s each). An updater that did not wait would
+/// never retry; one that acknowledged anyway would be committed within the first interval.
 #[tokio::test]
 async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
-    let (stack, app) = cluster_app().await;
+    let stack = own_stack_with(RedisMode::Cluster).await;
+    let mut env = Environment::fresh(&stack).await;
+    let metrics = harness::stack::ports::reserve_address().expect("a port for /metrics");
+    env.settings.metrics_addr = Some(metrics);
+    service::telemetry::init(&env.settings).expect("the metrics endpoint starts");
+    let app = env.spawn(&ALL).await.expect("the service starts on the cluster");
     let ids = cached_orders(&app).await;
-    wait_until_handled(&app).await;
+    app.wait_until_handled(DEADLINE).await;
 
+    stack
+        .set_redis_node_timeout(Duration::from_secs(60))
+        .await
+        .expect("a node timeout longer than the pause");
     let replicas = stack.redis_replicas().await.expect("the cluster's replicas");
     assert_eq!(replicas.len(), 3, "each master has a replica");
-    // Paused for less than the node timeout (2 s): the cluster still counts them as the masters'
-    // replicas (one paused longer is marked failed, and a master without a replica is not waited for).
-    let paused = Instant::now();
+    let retries_before = redis_retries(metrics).await;
     for replica in &replicas {
         stack
             .pause(Service::RedisNode(*replica))
@@ -210,13 +223,24 @@ async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
     app.set_status(ids[0], OrderStatus::Paid).await;
     // The master has the update (the updater ran it)...
     wait_until_all_cached(&app, &ids[..1], 2).await;
-    // ...and the group has not committed its event, past the commit interval (1 s).
-    tokio::time::sleep_until((paused + Duration::from_millis(1600)).into()).await;
-    assert_eq!(
-        lag(&app).await,
-        1,
-        "the event of an update no replica holds is not acknowledged"
-    );
+    // ...and the updater was refused its confirmation: it holds the event.
+    let deadline = Instant::now() + DEADLINE;
+    while redis_retries(metrics).await <= retries_before {
+        assert!(
+            Instant::now() < deadline,
+            "the updater never retried a write no replica confirmed: it did not wait for one"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(2_500) {
+        assert_eq!(
+            app.updater_lag().await,
+            1,
+            "the event of an update no replica holds is not acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     for replica in &replicas {
         stack
@@ -224,7 +248,7 @@ async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
             .await
             .expect("resume a replica");
     }
-    wait_until_handled(&app).await;
+    app.wait_until_handled(DEADLINE).await;
     stack
         .wait_redis_cluster_healthy()
         .await
@@ -232,32 +256,14 @@ async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
     app.stop().await.expect("a clean stop");
 }
 
-/// Events of the app's topic its updater group has not committed.
-async fn lag(app: &App) -> i64 {
-    let settings = app.env.settings.clone();
-    tokio::task::spawn_blocking(move || {
-        harness::lag::group_lag(
-            &settings.kafka_brokers,
-            &settings.updater_group,
-            &settings.orders_topic,
-        )
-    })
-    .await
-    .expect("the lag query runs")
-    .expect("the group's lag")
-}
-
-/// Waits until the updater group committed every event of the app's topic.
-async fn wait_until_handled(app: &App) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let lag = lag(app).await;
-        if lag == 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{lag} events still not handled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// The updater's `orders_updater_redis_retries_total`: writes it had to try again (a refusal to
+/// confirm included).
+async fn redis_retries(metrics: std::net::SocketAddr) -> f64 {
+    let page = harness::metrics::scrape(metrics).await.expect("the service's /metrics");
+    harness::metrics::samples(&page, "orders_updater_redis_retries_total")
+        .iter()
+        .map(|sample| sample.value)
+        .sum()
 }
 
 /// A batch read goes to each master in one pipeline, after the cluster's slot map: none of its keys
