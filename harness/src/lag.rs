@@ -39,3 +39,17 @@ pub fn group_lag(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64>
     }
     Ok(lag)
 }
+
+/// Messages `topic` ever held, summed over its partitions (the high watermarks). Blocking.
+pub fn end_offsets(brokers: &str, topic: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+    let mut end = 0;
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        end += consumer.fetch_watermarks(topic, partition.id(), TIMEOUT)?.1;
+    }
+    Ok(end)
+}

@@ -167,13 +167,42 @@ impl Cluster {
 
     /// SIGTERM to the oldest updater: it commits what it handled and leaves the group.
     pub async fn remove_updater(&mut self) {
-        if self.updaters.is_empty() {
-            return;
+        if !self.updaters.is_empty() {
+            self.stop_updater(0).await;
         }
-        let mut updater = self.updaters.remove(0);
+    }
+
+    /// Updater `index` (oldest first) stopped as [`remove_updater`](Self::remove_updater) stops one,
+    /// and a new one started.
+    pub async fn replace_updater(&mut self, index: usize) -> Result<(), StackError> {
+        if index < self.updaters.len() {
+            self.stop_updater(index).await;
+        }
+        self.add_updater()
+    }
+
+    async fn stop_updater(&mut self, index: usize) {
+        let mut updater = self.updaters.remove(index);
         add(&mut self.past_assignments, assignments(updater.metrics).await);
         self.membership_changes += 1;
         let _ = tokio::task::spawn_blocking(move || updater.process.stop(Duration::from_secs(30))).await;
+    }
+
+    /// Each updater's `orders_updater_redis_retries_total`, oldest first (0 from one that does not
+    /// answer): it grows when the updater failed to write a chunk it holds.
+    pub async fn redis_retries(&self) -> Vec<u64> {
+        let mut retries = Vec::with_capacity(self.updaters.len());
+        for updater in &self.updaters {
+            let page = tokio::time::timeout(Duration::from_secs(2), scrape(updater.metrics)).await;
+            retries.push(match page {
+                Ok(Ok(page)) => samples(&page, "orders_updater_redis_retries_total")
+                    .iter()
+                    .map(|sample| sample.value as u64)
+                    .sum(),
+                _ => 0,
+            });
+        }
+        retries
     }
 
     /// SIGKILL to the oldest updater: no commit, no leave; the group notices after the session timeout.

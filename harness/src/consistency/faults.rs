@@ -10,11 +10,17 @@ use super::cluster::Cluster;
 use super::runner::RunError;
 use super::scenario::Fault;
 use super::workload::Workload;
+use crate::inspect::CacheInspector;
 use crate::stack::{RedisFailure, Service, Stack};
-use service::cache::{RedisConnection, RedisTarget};
+use service::cache::{Cached, RedisConnection, RedisTarget};
 
 /// The longest a fault's own traffic runs (so the longest a fault lasts, healing aside).
 const FAULT_TRAFFIC_LIMIT: Duration = Duration::from_secs(10);
+/// At most this many orders change while Redis is paused and the updaters holding them are replaced.
+const HELD_CHANGES_MAX: usize = 20;
+/// How long the relay may take to publish the changes of a pause, and the updaters to fail to write
+/// them: far longer than either takes on an idle machine (tens of milliseconds).
+const HOLD_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a fault did that the checker's floors need to know.
 #[derive(Debug, Default)]
@@ -123,16 +129,25 @@ pub async fn inject(
                 .await?
                 .saturating_sub(before);
         }
-        Fault::RedisPause { restart_updater } => {
+        Fault::RedisPause {
+            restart_updater: false,
+        } => {
+            let end_before = end_offsets(cluster).await?;
+            let versions_before = committed_versions(cluster).await?;
             stack.pause(Service::Redis).await?;
             load().await;
-            // Let the updaters receive the events and start retrying them against the frozen Redis.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            if restart_updater {
-                cluster.remove_updater().await;
-                cluster.add_updater()?;
-            }
+            // Frozen until every change committed meanwhile is in the topic, for the updaters to
+            // receive and retry against a Redis that does not answer.
+            let published = wait_published(cluster, end_before, versions_before).await;
             stack.resume(Service::Redis).await?;
+            published?;
+        }
+        Fault::RedisPause {
+            restart_updater: true,
+        } => {
+            let replaced = pause_and_replace_holders(stack, cluster, workload, traffic).await;
+            stack.resume(Service::Redis).await?;
+            replaced?;
         }
         Fault::RedisMasterKill | Fault::RedisMasterPause => {
             let masters = stack.redis_masters().await?;
@@ -163,6 +178,116 @@ pub async fn inject(
         }
     }
     Ok(injected)
+}
+
+/// Redis frozen while each updater holding changes it cannot write is replaced (SIGTERM: it commits
+/// what it acknowledged, and a new one reads on from there); leaves Redis paused.
+///
+/// Set up so that an updater that acknowledges what it receives before writing it (offsets stored on
+/// receipt) loses an update in every run, not by luck: nothing older is in flight when Redis freezes
+/// (the pipeline is quiescent); each order changed has an entry and changes once (so no later event
+/// can repair its entry); and the updaters are replaced only once every change is in the topic and
+/// an updater has failed to write some of them (its Redis retries grew, on its `/metrics`). A correct
+/// updater acknowledged none of them, and its successor reads them all again.
+async fn pause_and_replace_holders(
+    stack: &Stack,
+    cluster: &mut Cluster,
+    workload: &Workload,
+    traffic: u16,
+) -> Result<(), RunError> {
+    let wanted = usize::from(traffic).clamp(1, HELD_CHANGES_MAX);
+    workload.ensure_open(wanted).await;
+    super::settle::quiesce(cluster).await.map_err(RunError::Unexpected)?;
+    // A miss fills: every order the clients know has an entry.
+    workload.read_all().await;
+    let targets = cached(cluster, workload.open_orders(wanted)).await?;
+    if targets.is_empty() {
+        return Err(RunError::Unexpected(
+            "no order in progress was cached before Redis paused".into(),
+        ));
+    }
+    let end_before = end_offsets(cluster).await?;
+    let versions_before = committed_versions(cluster).await?;
+    let retries_before = cluster.redis_retries().await;
+    stack.pause(Service::Redis).await?;
+    if workload.advance_each(&targets).await == 0 {
+        return Err(RunError::Unexpected(
+            "no change was committed while Redis was paused".into(),
+        ));
+    }
+    wait_published(cluster, end_before, versions_before).await?;
+    let deadline = tokio::time::Instant::now() + HOLD_WITHIN;
+    let holders = loop {
+        let retries = cluster.redis_retries().await;
+        let holders: Vec<usize> = (0..retries.len().min(retries_before.len()))
+            .filter(|&i| retries[i] > retries_before[i])
+            .collect();
+        if !holders.is_empty() {
+            break holders;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RunError::Unexpected(format!(
+                "no updater failed to write the changes made while Redis was paused, within {HOLD_WITHIN:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Newest first: a replacement joins at the end, so the indices still to replace stay valid.
+    for index in holders.into_iter().rev() {
+        cluster.replace_updater(index).await?;
+    }
+    Ok(())
+}
+
+/// Those of `orders` whose entry Redis holds (read in Redis itself).
+async fn cached(cluster: &Cluster, orders: Vec<i64>) -> Result<Vec<i64>, RunError> {
+    let entries = CacheInspector::connect(&cluster.redis_url)
+        .await?
+        .entries(&orders)
+        .await?;
+    Ok(orders
+        .into_iter()
+        .zip(entries)
+        .filter_map(|(id, entry)| matches!(entry, Cached::Hit(_)).then_some(id))
+        .collect())
+}
+
+/// Waits until the topic holds as many new messages as versions were committed since the counts
+/// given (each version is one event; a duplicate from a relay retry only ends the wait sooner).
+async fn wait_published(cluster: &Cluster, end_before: i64, versions_before: i64) -> Result<(), RunError> {
+    let deadline = tokio::time::Instant::now() + HOLD_WITHIN;
+    loop {
+        let committed = committed_versions(cluster).await? - versions_before;
+        let published = end_offsets(cluster).await? - end_before;
+        if published >= committed {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RunError::Unexpected(format!(
+                "{published} of {committed} changes committed during the fault reached the topic within {HOLD_WITHIN:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Versions committed so far, every order's (the database's own account: `order_versions`).
+async fn committed_versions(cluster: &Cluster) -> Result<i64, RunError> {
+    let pool = sqlx::PgPool::connect_lazy(&cluster.database_url)?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM order_versions")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(count)
+}
+
+/// Messages the topic ever held, summed over its partitions.
+async fn end_offsets(cluster: &Cluster) -> Result<i64, RunError> {
+    let (brokers, topic) = (cluster.brokers.clone(), cluster.topic.clone());
+    tokio::task::spawn_blocking(move || crate::lag::end_offsets(&brokers, &topic))
+        .await
+        .map_err(|e| RunError::Unexpected(format!("the end-offsets query: {e}")))?
+        .map_err(|e| RunError::Unexpected(format!("the topic's end offsets: {e:#}")))
 }
 
 async fn redis_connection(stack: &Stack) -> Result<redis::aio::MultiplexedConnection, RunError> {

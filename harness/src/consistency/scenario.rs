@@ -86,6 +86,15 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    /// Whether cache entries may vanish while the fault lasts: wiped, flushed, evicted, or not yet
+    /// copied to a replica that took over.
+    pub fn may_lose_entries(self) -> bool {
+        matches!(
+            self,
+            Self::RedisRestart | Self::RedisFlush | Self::RedisEvict | Self::RedisMasterKill | Self::RedisMasterPause
+        )
+    }
+
     pub const ALL: [Self; 13] = [
         Self::AddUpdater,
         Self::RemoveUpdater,
@@ -162,12 +171,6 @@ impl Fault {
     /// Whether the fault can be injected where the cache runs on `redis` ([`FaultKind::runs_on`]).
     pub fn runs_on(self, redis: RedisMode) -> bool {
         self.kind().runs_on(redis)
-    }
-
-    /// The fault removes cache entries while its traffic runs: writes in it find their key absent
-    /// more often than not, so they seldom make a staleness sample.
-    pub fn loses_keys(self) -> bool {
-        matches!(self, Self::RedisRestart | Self::RedisFlush | Self::RedisEvict)
     }
 }
 

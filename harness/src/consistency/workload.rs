@@ -185,6 +185,47 @@ impl Workload {
         }
     }
 
+    /// Creates orders until at least `count` of those the clients know are in progress.
+    pub async fn ensure_open(&self, count: usize) {
+        for _ in self.open_orders(count).len()..count {
+            self.call(0, Op::Create).await;
+        }
+    }
+
+    /// Up to `count` orders in progress (they have a next status), newest first.
+    pub fn open_orders(&self, count: usize) -> Vec<i64> {
+        self.with_known(|known| {
+            let open = |id: &&i64| {
+                known
+                    .latest
+                    .get(*id)
+                    .is_some_and(|(status, _)| next_status(*status).is_some())
+            };
+            known.ids.iter().rev().filter(open).take(count).copied().collect()
+        })
+    }
+
+    /// Moves each of `orders` to its next status, one call after another, so that no order changes
+    /// twice; returns how many calls committed a new version.
+    pub async fn advance_each(&self, orders: &[i64]) -> usize {
+        let mut committed = 0;
+        for &order_id in orders {
+            let Some((status, version)) = self.with_known(|known| known.latest.get(&order_id).copied()) else {
+                continue;
+            };
+            let Some(to) = next_status(status) else { continue };
+            let op = Op::Update {
+                order_id,
+                to,
+                expected_version: None,
+            };
+            self.call(1, op).await;
+            let now = self.with_known(|known| known.latest.get(&order_id).map(|(_, v)| *v));
+            committed += usize::from(now.is_some_and(|v| v > version));
+        }
+        committed
+    }
+
     /// Several clients change one order to its next status, all with the same expected version: at
     /// most one may win.
     pub async fn race(&self, clients: u8, seed: u64) {

@@ -16,7 +16,7 @@ pub async fn next(admin_url: &str) -> Result<i64> {
     let mut transaction = connection.begin().await?;
     // Two sessions running `CREATE SEQUENCE IF NOT EXISTS` at once can both find it missing, and the
     // second then fails on the catalog's unique index: a transaction-scoped lock puts them in turn.
-    sqlx::query("SELECT pg_advisory_xact_lock(7_264_001)")
+    sqlx::query("SELECT pg_advisory_xact_lock(7264001)")
         .execute(&mut *transaction)
         .await?;
     sqlx::query("CREATE SEQUENCE IF NOT EXISTS harness_unique_numbers")
