@@ -201,6 +201,7 @@ fn tour(assignment: Assignment) -> Scenario {
         Fault::RedisPause {
             restart_updater: true,
         },
+        Fault::RedisRefusesWrites,
         Fault::PostgresRestart,
         Fault::RemoveUpdater,
     ];
@@ -317,7 +318,6 @@ enum Persistence {
     Off,
 }
 
-
 fn cases_from_env(default: u32) -> u32 {
     std::env::var("CONSISTENCY_CASES")
         .ok()
@@ -373,14 +373,19 @@ fn assert_consistent(strategy: impl Strategy<Value = Scenario>) {
 
 /// [`assert_consistent`] on a given harness.
 fn assert_consistent_on(harness: &Harness, strategy: impl Strategy<Value = Scenario>) {
-    let result = each_case(cases_from_env(4), Persistence::KeepFailures, strategy, |scenario| {
-        let report = harness.run(scenario, Variant::SlowFill)?;
-        Ok(if report.is_consistent() {
-            Ok(())
-        } else {
-            Err(format!("{scenario}\n{}", report.summary(20)))
-        })
-    });
+    let result = each_case(
+        cases_from_env(4),
+        Persistence::KeepFailures,
+        strategy,
+        |scenario| {
+            let report = harness.run(scenario, Variant::SlowFill)?;
+            Ok(if report.is_consistent() {
+                Ok(())
+            } else {
+                Err(format!("{scenario}\n{}", report.summary(20)))
+            })
+        },
+    );
     if let Err(error) = result {
         panic!("{error}");
     }
@@ -515,23 +520,21 @@ fn fills_under_leases_survive_the_key_loss_that_catches_the_fill_without_one() {
 
 #[test]
 fn the_checker_catches_offsets_stored_on_receipt() {
-    // The pause stage makes the loss certain (consistency/faults.rs, `pause_and_replace_holders`): the
-    // pipeline quiescent, orders in progress with entries in Redis, each changed once while Redis is
-    // frozen, and the updaters replaced only once every change is in the topic and an updater failed
-    // to write some of them. Acknowledged on receipt, those are committed past and never written; no
-    // later change repairs them, so convergence fails in every case. (Before, the stage waited a fixed
-    // 1.5 s under random traffic, and a later change of the same order usually repaired the one event
-    // lost: about one case in three was caught.)
-    let pause = (5u16..=20, any::<u64>()).prop_map(|(traffic, seed)| Step::Fault {
-        fault: Fault::RedisPause {
-            restart_updater: true,
-        },
+    // The fault stage makes the loss certain (consistency/faults.rs, `refuse_writes_and_replace_holders`):
+    // the pipeline quiescent, orders in progress with entries in Redis, each changed once while Redis
+    // refuses the updater's scripts, and the updaters replaced only once every change is in the topic
+    // and an updater was refused some of them. Acknowledged on receipt, those are committed past and
+    // never written (a refused write does not land later, as one sent to a paused Redis does when it
+    // resumes), and no later change repairs them: convergence fails in every case. Before, the stage
+    // was a pause with random traffic and a fixed 1.5 s wait, and about one case in three was caught.
+    let refuse = (5u16..=20, any::<u64>()).prop_map(|(traffic, seed)| Step::Fault {
+        fault: Fault::RedisRefusesWrites,
         traffic,
         seed,
     });
     assert_caught(
         Variant::StoreOnReceipt,
-        with_steps((traffic(), pause).prop_map(|(a, b)| vec![a, Step::ReadAll, b])),
+        with_steps((traffic(), refuse).prop_map(|(a, b)| vec![a, b])),
     );
 }
 

@@ -112,6 +112,7 @@ fn parse_faults(text: &str, redis: RedisMode) -> anyhow::Result<Vec<Fault>> {
             restart_updater: true,
         },
         Fault::PostgresRestart,
+        Fault::RedisRefusesWrites,
         Fault::KafkaDown { kill_api: false },
         Fault::RedisPause {
             restart_updater: false,

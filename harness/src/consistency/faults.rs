@@ -16,10 +16,10 @@ use service::cache::{Cached, RedisConnection, RedisTarget};
 
 /// The longest a fault's own traffic runs (so the longest a fault lasts, healing aside).
 const FAULT_TRAFFIC_LIMIT: Duration = Duration::from_secs(10);
-/// At most this many orders change while Redis is paused and the updaters holding them are replaced.
+/// At most this many orders change while Redis refuses writes and the updaters holding them are replaced.
 const HELD_CHANGES_MAX: usize = 20;
-/// How long the relay may take to publish the changes of a pause, and the updaters to fail to write
-/// them: far longer than either takes on an idle machine (tens of milliseconds).
+/// How long the relay may take to publish the changes made during a fault, and the updaters to be
+/// refused them: far longer than either takes on an idle machine (tens of milliseconds).
 const HOLD_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a fault did that the checker's floors need to know.
@@ -129,24 +129,24 @@ pub async fn inject(
                 .await?
                 .saturating_sub(before);
         }
-        Fault::RedisPause {
-            restart_updater: false,
-        } => {
+        Fault::RedisPause { restart_updater } => {
             let end_before = end_offsets(cluster).await?;
             let versions_before = committed_versions(cluster).await?;
             stack.pause(Service::Redis).await?;
             load().await;
             // Frozen until every change committed meanwhile is in the topic, for the updaters to
-            // receive and retry against a Redis that does not answer.
+            // receive and try to write against a Redis that does not answer.
             let published = wait_published(cluster, end_before, versions_before).await;
+            if published.is_ok() && restart_updater {
+                cluster.remove_updater().await;
+                cluster.add_updater()?;
+            }
             stack.resume(Service::Redis).await?;
             published?;
         }
-        Fault::RedisPause {
-            restart_updater: true,
-        } => {
-            let replaced = pause_and_replace_holders(stack, cluster, workload, traffic).await;
-            stack.resume(Service::Redis).await?;
+        Fault::RedisRefusesWrites => {
+            let replaced = refuse_writes_and_replace_holders(stack, cluster, workload, traffic).await;
+            allow_scripts(stack, true).await?;
             replaced?;
         }
         Fault::RedisMasterKill | Fault::RedisMasterPause => {
@@ -180,16 +180,17 @@ pub async fn inject(
     Ok(injected)
 }
 
-/// Redis frozen while each updater holding changes it cannot write is replaced (SIGTERM: it commits
-/// what it acknowledged, and a new one reads on from there); leaves Redis paused.
+/// Redis refusing scripts while each updater holding changes it could not write is replaced (SIGTERM:
+/// it commits what it acknowledged, and a new one reads on from there); leaves the scripts refused.
 ///
 /// Set up so that an updater that acknowledges what it receives before writing it (offsets stored on
-/// receipt) loses an update in every run, not by luck: nothing older is in flight when Redis freezes
-/// (the pipeline is quiescent); each order changed has an entry and changes once (so no later event
-/// can repair its entry); and the updaters are replaced only once every change is in the topic and
-/// an updater has failed to write some of them (its Redis retries grew, on its `/metrics`). A correct
-/// updater acknowledged none of them, and its successor reads them all again.
-async fn pause_and_replace_holders(
+/// receipt) loses an update in every run, not by luck: nothing older is in flight when the refusal
+/// starts (the pipeline is quiescent); each order changed has an entry and changes once (so no later
+/// event can repair its entry); a refused write is gone (unlike one sent to a frozen Redis, which runs
+/// when it resumes); and the updaters are replaced only once every change is in the topic and an
+/// updater was refused some of them (its Redis retries grew, on its `/metrics`). A correct updater
+/// acknowledged none of them, and its successor reads them all again.
+async fn refuse_writes_and_replace_holders(
     stack: &Stack,
     cluster: &mut Cluster,
     workload: &Workload,
@@ -197,22 +198,24 @@ async fn pause_and_replace_holders(
 ) -> Result<(), RunError> {
     let wanted = usize::from(traffic).clamp(1, HELD_CHANGES_MAX);
     workload.ensure_open(wanted).await;
-    super::settle::quiesce(cluster).await.map_err(RunError::Unexpected)?;
+    super::settle::quiesce(cluster)
+        .await
+        .map_err(RunError::Unexpected)?;
     // A miss fills: every order the clients know has an entry.
     workload.read_all().await;
     let targets = cached(cluster, workload.open_orders(wanted)).await?;
     if targets.is_empty() {
         return Err(RunError::Unexpected(
-            "no order in progress was cached before Redis paused".into(),
+            "no order in progress was cached before Redis refused writes".into(),
         ));
     }
     let end_before = end_offsets(cluster).await?;
     let versions_before = committed_versions(cluster).await?;
     let retries_before = cluster.redis_retries().await;
-    stack.pause(Service::Redis).await?;
+    allow_scripts(stack, false).await?;
     if workload.advance_each(&targets).await == 0 {
         return Err(RunError::Unexpected(
-            "no change was committed while Redis was paused".into(),
+            "no change was committed while Redis refused writes".into(),
         ));
     }
     wait_published(cluster, end_before, versions_before).await?;
@@ -227,7 +230,7 @@ async fn pause_and_replace_holders(
         }
         if tokio::time::Instant::now() > deadline {
             return Err(RunError::Unexpected(format!(
-                "no updater failed to write the changes made while Redis was paused, within {HOLD_WITHIN:?}"
+                "no updater was refused a write of the changes made meanwhile, within {HOLD_WITHIN:?}"
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -236,6 +239,25 @@ async fn pause_and_replace_holders(
     for index in holders.into_iter().rev() {
         cluster.replace_updater(index).await?;
     }
+    Ok(())
+}
+
+/// Lets every client of the single Redis run scripts again (`+@all`, what the default user starts
+/// with), or refuses them (`EVAL`, `EVALSHA` and their read-only forms answer `NOPERM`).
+async fn allow_scripts(stack: &Stack, allow: bool) -> Result<(), RunError> {
+    let mut redis = redis_connection(stack).await?;
+    let mut command = redis::cmd("ACL");
+    command.arg("SETUSER").arg("default");
+    if allow {
+        command.arg("+@all");
+    } else {
+        command
+            .arg("-eval")
+            .arg("-evalsha")
+            .arg("-eval_ro")
+            .arg("-evalsha_ro");
+    }
+    command.query_async::<()>(&mut redis).await?;
     Ok(())
 }
 

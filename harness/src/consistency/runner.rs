@@ -218,6 +218,9 @@ mod tests {
         ];
         let floors = floors(&steps, 0);
         assert_eq!(floors.writes, 80, "every request counts towards the writes");
-        assert_eq!(floors.staleness_samples, 0, "set from the history (staleness::sample_floor)");
+        assert_eq!(
+            floors.staleness_samples, 0,
+            "set from the history (staleness::sample_floor)"
+        );
     }
 }

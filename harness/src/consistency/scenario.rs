@@ -56,6 +56,12 @@ pub enum Fault {
     /// Redis frozen (SIGSTOP) during traffic; then, with `restart_updater`, an updater is replaced while
     /// its batch is still waiting for Redis; then Redis resumes.
     RedisPause { restart_updater: bool },
+    /// Redis refuses every script call (an ACL denies `EVAL` and `EVALSHA`: the updater's writes and
+    /// the reads' fills) while orders it caches change, and each updater that received changes it
+    /// could not write is replaced; then the scripts are allowed again. Unlike a pause, a refused write
+    /// never lands later (a frozen Redis runs what waited in its socket buffers when it resumes), so an
+    /// updater that acknowledged what it could not write loses those changes every time.
+    RedisRefusesWrites,
     /// PostgreSQL restarted during traffic.
     PostgresRestart,
     /// Redis Cluster: a master killed with SIGKILL during traffic; its replica takes over its slots
@@ -80,6 +86,7 @@ pub enum FaultKind {
     RedisFlush,
     RedisEvict,
     RedisPause,
+    RedisRefusesWrites,
     PostgresRestart,
     RedisMasterKill,
     RedisMasterPause,
@@ -91,11 +98,15 @@ impl FaultKind {
     pub fn may_lose_entries(self) -> bool {
         matches!(
             self,
-            Self::RedisRestart | Self::RedisFlush | Self::RedisEvict | Self::RedisMasterKill | Self::RedisMasterPause
+            Self::RedisRestart
+                | Self::RedisFlush
+                | Self::RedisEvict
+                | Self::RedisMasterKill
+                | Self::RedisMasterPause
         )
     }
 
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::AddUpdater,
         Self::RemoveUpdater,
         Self::KillUpdater,
@@ -106,6 +117,7 @@ impl FaultKind {
         Self::RedisFlush,
         Self::RedisEvict,
         Self::RedisPause,
+        Self::RedisRefusesWrites,
         Self::PostgresRestart,
         Self::RedisMasterKill,
         Self::RedisMasterPause,
@@ -123,6 +135,7 @@ impl FaultKind {
             Self::RedisFlush => "redis-flush",
             Self::RedisEvict => "redis-evict",
             Self::RedisPause => "redis-pause",
+            Self::RedisRefusesWrites => "redis-refuses-writes",
             Self::PostgresRestart => "postgres-restart",
             Self::RedisMasterKill => "redis-master-kill",
             Self::RedisMasterPause => "redis-master-pause",
@@ -136,7 +149,9 @@ impl FaultKind {
     /// `FLUSHALL` goes to every master of a cluster.
     pub fn runs_on(self, redis: RedisMode) -> bool {
         match self {
-            Self::RedisRestart | Self::RedisEvict | Self::RedisPause => redis == RedisMode::Single,
+            Self::RedisRestart | Self::RedisEvict | Self::RedisPause | Self::RedisRefusesWrites => {
+                redis == RedisMode::Single
+            }
             Self::RedisMasterKill | Self::RedisMasterPause => redis == RedisMode::Cluster,
             _ => true,
         }
@@ -162,6 +177,7 @@ impl Fault {
             Self::RedisFlush => FaultKind::RedisFlush,
             Self::RedisEvict => FaultKind::RedisEvict,
             Self::RedisPause { .. } => FaultKind::RedisPause,
+            Self::RedisRefusesWrites => FaultKind::RedisRefusesWrites,
             Self::PostgresRestart => FaultKind::PostgresRestart,
             Self::RedisMasterKill => FaultKind::RedisMasterKill,
             Self::RedisMasterPause => FaultKind::RedisMasterPause,
@@ -212,6 +228,10 @@ impl fmt::Display for Step {
                     Fault::RedisPause {
                         restart_updater: true,
                     } => "pause Redis, replace a cache-updater instance mid-batch, resume Redis".to_string(),
+                    Fault::RedisRefusesWrites => {
+                        "Redis refuses scripts, each cache-updater instance holding a batch replaced, scripts allowed again"
+                            .to_string()
+                    }
                     Fault::PostgresRestart => "restart PostgreSQL".to_string(),
                     Fault::RedisMasterKill => {
                         "kill -9 a Redis Cluster master, wait for its replica to take over, start it again"
@@ -271,6 +291,7 @@ pub fn fault_strategy() -> impl Strategy<Value = Fault> {
         Just(Fault::RedisFlush),
         Just(Fault::RedisEvict),
         any::<bool>().prop_map(|restart_updater| Fault::RedisPause { restart_updater }),
+        Just(Fault::RedisRefusesWrites),
         Just(Fault::PostgresRestart),
     ]
 }

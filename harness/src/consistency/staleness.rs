@@ -150,14 +150,19 @@ impl<'a> CacheHits<'a> {
             let Outcome::Read(orders) = &record.outcome else {
                 continue;
             };
-            for (order, _) in orders.iter().filter(|(_, source)| *source == pb::Source::Cache as i32) {
+            for (order, _) in orders
+                .iter()
+                .filter(|(_, source)| *source == pb::Source::Cache as i32)
+            {
                 reads
                     .entry(order.order_id)
                     .or_default()
                     .push((record.start, record.end, order.version));
             }
         }
-        reads.values_mut().for_each(|reads| reads.sort_by_key(|read| read.1));
+        reads
+            .values_mut()
+            .for_each(|reads| reads.sort_by_key(|read| read.1));
         let losing = recorded
             .faults
             .iter()
@@ -327,7 +332,10 @@ mod tests {
             !hits.older_one_served_before(&order(1, 1), MS(400)),
             "the entry served is not older"
         );
-        assert!(!hits.older_one_served_before(&order(2, 2), MS(400)), "never served");
+        assert!(
+            !hits.older_one_served_before(&order(2, 2), MS(400)),
+            "never served"
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ impl Workload {
     pub async fn advance_each(&self, orders: &[i64]) -> usize {
         let mut committed = 0;
         for &order_id in orders {
-            let Some((status, version)) = self.with_known(|known| known.latest.get(&order_id).copied()) else {
+            let Some((status, version)) = self.with_known(|known| known.latest.get(&order_id).copied())
+            else {
                 continue;
             };
             let Some(to) = next_status(status) else { continue };

@@ -259,7 +259,9 @@ async fn an_update_is_acknowledged_to_kafka_only_once_a_replica_holds_it() {
 /// The updater's `orders_updater_redis_retries_total`: writes it had to try again (a refusal to
 /// confirm included).
 async fn redis_retries(metrics: std::net::SocketAddr) -> f64 {
-    let page = harness::metrics::scrape(metrics).await.expect("the service's /metrics");
+    let page = harness::metrics::scrape(metrics)
+        .await
+        .expect("the service's /metrics");
     harness::metrics::samples(&page, "orders_updater_redis_retries_total")
         .iter()
         .map(|sample| sample.value)
