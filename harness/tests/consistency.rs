@@ -3,7 +3,7 @@
 //! * A fixed tour: every fault kind at least once, several rebalances, thousands of writes.
 //! * proptest: generated scenarios of operations and faults, shrunk to a short sequence on failure.
 //! * Proof that it can fail: each deliberately broken variant of the service must be caught, by the
-//!   invariant it breaks, and the failing scenario shrunk.
+//!   invariant it breaks, and the scenario that caught it printed with the seed that generates it.
 //!
 //! Every run must also reach its floors (writes answered, reads served by the cache, writes the
 //! pipeline had to carry, rebalances the updaters counted, keys evicted): a run that did not do the
@@ -283,10 +283,12 @@ fn losing_one_of_three_brokers_keeps_the_cache_consistent() {
 /// reason. `CONSISTENCY_CASES` runs more generated cases.
 ///
 /// The cases come from one seed, printed first: `CONSISTENCY_SEED=<seed>` generates the same
-/// scenarios again, step for step. A scenario the correct service failed is also kept in
-/// `consistency.proptest-regressions` beside this file, which every later run tries first (`keep`);
-/// a catch of a broken variant is the expected outcome and is not kept.
-fn runner(cases: u32, keep: Persistence) -> TestRunner {
+/// scenarios again, step for step. A scenario the correct service failed is shrunk and kept in
+/// `consistency.proptest-regressions` beside this file, which every later run tries first. A catch of
+/// a broken variant is the expected outcome: it is neither kept nor shrunk (shrinking reran the caught
+/// scenario up to three times to print a shorter one, about a tenth of the suite's time, and decided
+/// nothing).
+fn runner(cases: u32, purpose: Purpose) -> TestRunner {
     let seed = std::env::var("CONSISTENCY_SEED")
         .ok()
         .map(|text| {
@@ -296,26 +298,30 @@ fn runner(cases: u32, keep: Persistence) -> TestRunner {
         })
         .unwrap_or_else(rand::random);
     println!("generated scenarios from seed {seed} (replay them: CONSISTENCY_SEED={seed})");
+    let (max_shrink_iters, failure_persistence) = match purpose {
+        Purpose::Check => (
+            3,
+            Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions")) as Box<_>),
+        ),
+        Purpose::Catch => (0, None),
+    };
     TestRunner::new(Config {
         cases,
-        max_shrink_iters: 3,
+        max_shrink_iters,
         rng_seed: RngSeed::Fixed(seed),
         source_file: Some(file!()),
-        failure_persistence: match keep {
-            Persistence::KeepFailures => Some(Box::new(FileFailurePersistence::WithSource(
-                "proptest-regressions",
-            ))),
-            Persistence::Off => None,
-        },
+        failure_persistence,
         ..Config::default()
     })
 }
 
-/// Whether a failing generated case is kept for later runs.
+/// What the generated cases are for.
 #[derive(Clone, Copy)]
-enum Persistence {
-    KeepFailures,
-    Off,
+enum Purpose {
+    /// The correct service must pass every case: a failing one is shrunk and kept.
+    Check,
+    /// A broken variant must fail one: that case ends the search.
+    Catch,
 }
 
 fn cases_from_env(default: u32) -> u32 {
@@ -330,12 +336,12 @@ fn cases_from_env(default: u32) -> u32 {
 /// a failing case, which would pass for a catch.
 fn each_case(
     cases: u32,
-    keep: Persistence,
+    purpose: Purpose,
     strategy: impl Strategy<Value = Scenario>,
     body: impl Fn(&Scenario) -> Result<Result<(), String>, String>,
 ) -> Result<(), TestError<Scenario>> {
     let errors = RefCell::new(Vec::new());
-    let result = runner(cases, keep).run(&strategy, |scenario| {
+    let result = runner(cases, purpose).run(&strategy, |scenario| {
         match std::panic::catch_unwind(AssertUnwindSafe(|| body(&scenario))) {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(failure))) => Err(TestCaseError::fail(failure)),
@@ -375,7 +381,7 @@ fn assert_consistent(strategy: impl Strategy<Value = Scenario>) {
 fn assert_consistent_on(harness: &Harness, strategy: impl Strategy<Value = Scenario>) {
     let result = each_case(
         cases_from_env(4),
-        Persistence::KeepFailures,
+        Purpose::Check,
         strategy,
         |scenario| {
             let report = harness.run(scenario, Variant::SlowFill)?;
@@ -412,7 +418,7 @@ fn assert_caught_on(harness: &Harness, variant: Variant, strategy: impl Strategy
     // Up to 8 generated scenarios; a caught case ends the search. Each variant's scenarios are built to
     // expose its bug by construction where a fault stage can do so (offsets stored on receipt: see
     // `the_checker_catches_offsets_stored_on_receipt`), so a case that misses is the checker's to explain.
-    let result = each_case(8, Persistence::Off, strategy, |scenario| {
+    let result = each_case(8, Purpose::Catch, strategy, |scenario| {
         let report = harness.run(scenario, variant)?;
         let violated = report.violated();
         let others: Vec<Invariant> = violated
@@ -439,7 +445,7 @@ fn assert_caught_on(harness: &Harness, variant: Variant, strategy: impl Strategy
     );
     match result {
         Err(TestError::Fail(reason, shrunk)) => {
-            println!("{variant:?} caught; shrunk to\n{shrunk}checker: {reason}");
+            println!("{variant:?} caught by\n{shrunk}checker: {reason}");
         }
         Err(TestError::Abort(reason)) => panic!("{variant:?}: the run was aborted: {reason}"),
         Ok(()) => panic!("the checker did not catch the broken variant {variant:?}"),
