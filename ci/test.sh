@@ -34,7 +34,8 @@ if [ "$status" -ne 0 ]; then
   shared_dir="$(sed -n 's/^# directory //p' "$STACK_ENDPOINTS")"
   if [ -n "$shared_dir" ] && [ -d "$shared_dir" ]; then
     mkdir -p target/test-logs/shared-stack
-    (cd "$shared_dir" && find . -name '*.log' -exec cp --parents {} "$OLDPWD/target/test-logs/shared-stack/" \;)
+    # Not Kafka's data/: its partition segments end in .log too.
+    (cd "$shared_dir" && find . -name data -prune -o -name '*.log' -exec cp --parents {} "$OLDPWD/target/test-logs/shared-stack/" \;)
   fi
   echo "test: failed; servers' logs of the failed tests and of the shared stack are in target/test-logs/" >&2
   exit "$status"

@@ -11,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The name of the servers' data directories in a stack's directory, which are not copied.
+const DATA_DIR: &str = "data";
+
 /// The directory of the current test's logs (not created).
 pub fn dir() -> PathBuf {
     let mut dir = target_dir().join("test-logs");
@@ -49,6 +52,11 @@ fn copy_logs(root: &Path, from: &Path, to: &Path) -> usize {
         let path = entry.path();
         let Ok(kind) = entry.file_type() else { continue };
         if kind.is_dir() {
+            // Kafka's `log.dirs` (each node's `data/`) hold its partitions, in segment files that end
+            // in `.log` too: data, not logs.
+            if path.file_name().is_some_and(|name| name == DATA_DIR) {
+                continue;
+            }
             copied += copy_logs(root, &path, to);
         } else if path.extension().is_some_and(|e| e == "log") {
             let Ok(relative) = path.strip_prefix(root) else {
@@ -107,6 +115,7 @@ mod tests {
         std::fs::write(from.path().join("postgres.log"), "pg").expect("a log");
         std::fs::write(from.path().join("kafka-1/server.log"), "kafka").expect("a log");
         std::fs::write(from.path().join("kafka-1/data/00000.index"), "data").expect("data");
+        std::fs::write(from.path().join("kafka-1/data/00000.log"), "a segment").expect("data");
         let to = tempfile::tempdir().expect("a directory");
 
         assert_eq!(copy_logs(from.path(), from.path(), to.path()), 2);

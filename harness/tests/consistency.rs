@@ -379,19 +379,14 @@ fn assert_consistent(strategy: impl Strategy<Value = Scenario>) {
 
 /// [`assert_consistent`] on a given harness.
 fn assert_consistent_on(harness: &Harness, strategy: impl Strategy<Value = Scenario>) {
-    let result = each_case(
-        cases_from_env(4),
-        Purpose::Check,
-        strategy,
-        |scenario| {
-            let report = harness.run(scenario, Variant::SlowFill)?;
-            Ok(if report.is_consistent() {
-                Ok(())
-            } else {
-                Err(format!("{scenario}\n{}", report.summary(20)))
-            })
-        },
-    );
+    let result = each_case(cases_from_env(4), Purpose::Check, strategy, |scenario| {
+        let report = harness.run(scenario, Variant::SlowFill)?;
+        Ok(if report.is_consistent() {
+            Ok(())
+        } else {
+            Err(format!("{scenario}\n{}", report.summary(20)))
+        })
+    });
     if let Err(error) = result {
         panic!("{error}");
     }
