@@ -21,7 +21,10 @@ pub fn dir() -> PathBuf {
         dir.push(sanitize(&binary));
     }
     dir.push(sanitize(&test_name()));
-    if let Ok(iteration) = std::env::var("NEXTEST_STRESS_CURRENT") {
+    // nextest sets it to "none" outside a stress run.
+    if let Ok(iteration) = std::env::var("NEXTEST_STRESS_CURRENT")
+        && iteration != "none"
+    {
         dir.push(format!("stress-{}", sanitize(&iteration)));
     }
     dir
